@@ -1,0 +1,46 @@
+# Tiling: one job per slide (patch table + packed store + QC thumbnail), then the cohort QC.
+
+
+rule tile_slide:
+    input:
+        slide=get_slide_path,
+    output:
+        tiles=out("tiles", "{slide}.parquet"),
+        store=out("tiles", "{slide}.h5"),
+        status=out("tiles", "{slide}.json"),
+        thumbnail=report(
+            out("qc", "thumbnails", "{slide}.png"),
+            caption="../report/qc_thumbnail.rst",
+            category="1. Tiling QC",
+            subcategory="Thumbnails",
+            labels={"slide": "{slide}"},
+        ),
+    params:
+        tiling=cfg("tiling"),
+        label=get_slide_label,
+    log:
+        out("logs", "tile_slide", "{slide}.log"),
+    benchmark:
+        out("benchmarks", "tile_slide", "{slide}.tsv")
+    threads: 1
+    resources:
+        mem_mb=1500,
+        runtime=60,
+    script:
+        "../../scripts/tile_slide.py"
+
+
+rule qc_cohort:
+    input:
+        status=expand(out("tiles", "{slide}.json"), slide=SLIDES),
+    output:
+        table=report(out("qc", "cohort.tsv"), caption="../report/qc_table.rst", category="1. Tiling QC"),
+        plot=report(out("qc", "cohort.png"), caption="../report/qc_plot.rst", category="1. Tiling QC"),
+    log:
+        out("logs", "qc_cohort", "all.log"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../../scripts/qc_cohort.py"
