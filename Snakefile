@@ -14,6 +14,10 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/tiling.smk"
+include: "workflow/rules/ssl.smk"
+include: "workflow/rules/ldm.smk"
+include: "workflow/rules/classifier.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:

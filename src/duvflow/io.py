@@ -61,11 +61,12 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def write_parquet(df, target: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-    """Write a DataFrame as parquet atomically; ``metadata`` goes into the file's key-value store."""
+    """Write a DataFrame (or a pyarrow Table, e.g. with fixed-size list columns) as parquet atomically;
+    ``metadata`` goes into the file's key-value store."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
     if metadata:
         merged = dict(table.schema.metadata or {})
         merged.update({k.encode(): str(v).encode() for k, v in metadata.items()})

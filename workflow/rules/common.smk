@@ -35,10 +35,15 @@ def load_samples():
 
 samples = load_samples()
 SLIDES = list(samples["slide_id"])
+# classifier arms: `real`, or `real+<LDM condition>` (real patches + that condition's synthetic set)
+ARMS = list(config["arms"])
 
 
 wildcard_constraints:
     slide="|".join(re.escape(s) for s in SLIDES),
+    arm="|".join(re.escape(a) for a in ARMS),
+    cond="ssl|class",  # LDM conditioning: DINO embedding or class label
+    fold=r"\d+|all",  # cross-validation folds 0..K-1 and `all` (every slide trains)
 
 
 def cfg(section):
@@ -46,7 +51,29 @@ def cfg(section):
     return config[section]
 
 
+def res(rule_name, key):
+    """`threads`, `mem_mb`, `runtime` or `gpu` of a rule from the config's `resources` section.
+
+    Profiles may still override them (`set-threads`, `set-resources`); a changed value reruns nothing.
+    """
+    try:
+        return config["resources"][rule_name][key]
+    except KeyError:
+        raise WorkflowError(f"config: resources.{rule_name}.{key} is missing (see config.schema.yaml)") from None
+
+
+def gpus(rule_name):
+    """The GPUs a job of `rule_name` asks for (`resources: gpu=gpus("train_dino")`); 0 = CPU job.
+
+    Its entry point claims them with `duvflow.gpu.gpu_job(snakemake.resources)`.
+    """
+    return res(rule_name, "gpu")
+
+
 def get_slide_path(wildcards):
+    if config["demo"]["enabled"]:
+        # Exactly the path `make_demo_slide` declares (Snakemake matches paths as strings).
+        return out("demo", "slides", f"{wildcards.slide}.tiff")
     return samples.loc[wildcards.slide, "path"]
 
 
@@ -54,6 +81,60 @@ def get_slide_label(wildcards):
     return samples.loc[wildcards.slide, "label"]
 
 
+# --- classifier, aggregation, evaluation ---------------------------------------------------------
+DEPLOY_ARM = config["deploy"]["arm"] or ARMS[-1]
+if DEPLOY_ARM not in ARMS:
+    raise WorkflowError(f"deploy.arm {DEPLOY_ARM!r} is not one of the configured arms ({', '.join(ARMS)})")
+
+
+def cv_folds():
+    """The cross-validation folds `0..K-1` (fold `all` is the deployable model's)."""
+    return [str(k) for k in range(config["splits"]["n_folds"])]
+
+
+CV_FOLDS = cv_folds()
+FOLDS = CV_FOLDS + ["all"]  # every fold of splits.csv
+
+
+def arm_condition(arm):
+    """The LDM condition whose synthetic set the arm adds (`real+ssl` -> `ssl`); None for `real`."""
+    return arm.split("+", 1)[1] if "+" in arm else None
+
+
+def get_tile_tables(wildcards=None):
+    """Tile tables, patch stores and tiling statuses of every slide (parallel lists)."""
+    return {
+        "tables": expand(out("tiles", "{slide}.parquet"), slide=SLIDES),
+        "stores": expand(out("tiles", "{slide}.h5"), slide=SLIDES),
+        "statuses": expand(out("tiles", "{slide}.json"), slide=SLIDES),
+    }
+
+
+def get_classifier_inputs(wildcards):
+    """Training data of an arm on a fold; the `real` arm needs nothing from the LDM."""
+    inputs = {**get_tile_tables(), "splits": out("splits.csv")}
+    cond = arm_condition(wildcards.arm)
+    if cond:
+        inputs["synthetic"] = out("synthetic", cond, f"fold_{wildcards.fold}")
+    return inputs
+
+
+def get_fold_slide_tables(wildcards):
+    """An arm's slide tables of the cross-validation folds (fold `all` has no test slides)."""
+    return expand(out("predictions", wildcards.arm, "fold_{fold}", "slides.csv"), fold=cv_folds())
+
+
+def get_fid_reports(arm):
+    """Fidelity reports of the arm's synthetic sets, one per cross-validation fold."""
+    cond = arm_condition(arm)
+    return [out("fid", cond, f"fold_{k}.json") for k in cv_folds()] if cond else []
+
+
 def get_final_outputs():
     targets = [out("qc", "cohort.tsv"), out("qc", "cohort.png")]
+    if config["demo"]["enabled"]:
+        targets.append(out("demo", "slides.csv"))  # the generated cohort's sample sheet (demo.smk)
+    targets += get_ldm_targets()  # fidelity table + sample figures (ldm.smk)
+    targets += get_ssl_targets()  # splits, embeddings, DINO curves, probes (ssl.smk)
+    targets += get_classifier_targets()  # results table, per-arm evaluation, deployable model (evaluate.smk)
     return targets

@@ -15,17 +15,17 @@ rule tile_slide:
             subcategory="Thumbnails",
             labels={"slide": "{slide}"},
         ),
-    params:
-        tiling=cfg("tiling"),
-        label=get_slide_label,
     log:
         out("logs", "tile_slide", "{slide}.log"),
     benchmark:
         out("benchmarks", "tile_slide", "{slide}.tsv")
-    threads: 1
+    threads: res("tile_slide", "threads")
     resources:
-        mem_mb=1500,
-        runtime=60,
+        mem_mb=res("tile_slide", "mem_mb"),
+        runtime=res("tile_slide", "runtime"),
+    params:
+        tiling=cfg("tiling"),
+        label=get_slide_label,
     script:
         "../../scripts/tile_slide.py"
 
@@ -34,8 +34,16 @@ rule qc_cohort:
     input:
         status=expand(out("tiles", "{slide}.json"), slide=SLIDES),
     output:
-        table=report(out("qc", "cohort.tsv"), caption="../report/qc_table.rst", category="1. Tiling QC"),
-        plot=report(out("qc", "cohort.png"), caption="../report/qc_plot.rst", category="1. Tiling QC"),
+        table=report(
+            out("qc", "cohort.tsv"),
+            caption="../report/qc_table.rst",
+            category="1. Tiling QC",
+        ),
+        plot=report(
+            out("qc", "cohort.png"),
+            caption="../report/qc_plot.rst",
+            category="1. Tiling QC",
+        ),
     log:
         out("logs", "qc_cohort", "all.log"),
     threads: 1

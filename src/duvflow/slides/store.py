@@ -16,17 +16,23 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
-__all__ = ["PatchStore", "PatchStoreWriter", "FORMAT_VERSION"]
+__all__ = ["FORMAT_VERSION", "PatchStore", "PatchStoreWriter"]
 
 FORMAT_VERSION = 1
 _COMPRESSION = {"lzf": ("lzf", None), "gzip": ("gzip", 4), "none": (None, None)}
 
 
 class PatchStoreWriter:
-    """Write ``n`` patches of ``patch_size`` pixels into ``path`` (use inside ``io.atomic_path``)."""
+    """Write ``n`` patches of ``patch_size`` pixels into ``path`` (use inside ``io.atomic_path``).
+
+    Chunks are compressed here (``encode``, thread-safe and GIL-free, so callers may compress in
+    worker threads) and written with HDF5 direct chunk writes. A patch that does not shrink is stored
+    raw with its filter skipped, as HDF5 itself does for optional filters; ``h5py`` reads both alike.
+    """
 
     def __init__(self, path: str | os.PathLike, n: int, patch_size: int, *, compression: str = "lzf",
                  attrs: dict | None = None):
@@ -37,24 +43,46 @@ class PatchStoreWriter:
         if compression not in _COMPRESSION:
             raise ValueError(f"unknown store compression {compression!r}; use one of {sorted(_COMPRESSION)}")
         codec, level = _COMPRESSION[compression]
+        self.compression = compression
+        self.patch_size = patch_size
         self._file = h5py.File(path, "w")
         shape = (n, patch_size, patch_size, 3)
         self.patches = self._file.create_dataset(
             "patches", shape=shape, dtype="uint8", chunks=(1, patch_size, patch_size, 3) if n else None,
             compression=codec if n else None, compression_opts=level if n else None,
         )
-        self.coords = self._file.create_dataset("coords", shape=(n, 2), dtype="int64")
+        self._coords = np.zeros((n, 2), dtype=np.int64)
         self._file.attrs.update({"format_version": FORMAT_VERSION, "duvflow_version": __version__,
                                  "patch_size": patch_size, **(attrs or {})})
 
+    def encode(self, patch: np.ndarray) -> tuple[bytes | np.ndarray, int]:
+        """The stored bytes of one patch and its HDF5 filter mask (1 = stored raw)."""
+        import imagecodecs
+
+        patch = np.ascontiguousarray(patch, dtype=np.uint8)
+        if patch.shape != (self.patch_size, self.patch_size, 3):
+            raise ValueError(f"patch of shape {patch.shape}, expected {(self.patch_size, self.patch_size, 3)}")
+        if self.compression == "none":
+            return patch, 0
+        if self.compression == "lzf":
+            data = imagecodecs.lzf_encode(patch)  # the raw LZF stream h5py's lzf filter reads
+        else:
+            data = imagecodecs.zlib_encode(patch, level=_COMPRESSION["gzip"][1])  # HDF5 deflate = zlib stream
+        return (data, 0) if len(data) < patch.nbytes else (patch, 1)
+
+    def write_encoded(self, index: int, data: bytes | np.ndarray, filter_mask: int, xy: tuple[int, int]) -> None:
+        self.patches.id.write_direct_chunk((index, 0, 0, 0), data, filter_mask=filter_mask)
+        self._coords[index] = xy
+
     def write(self, index: int, patch: np.ndarray, xy: tuple[int, int]) -> None:
-        self.patches[index] = patch
-        self.coords[index] = xy
+        self.write_encoded(index, *self.encode(patch), xy)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file:
+            self._file.create_dataset("coords", data=self._coords)
+            self._file.close()
 
-    def __enter__(self) -> PatchStoreWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

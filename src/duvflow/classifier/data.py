@@ -1,0 +1,197 @@
+"""Training and evaluation data of the classifier: real patches + an optional synthetic set.
+
+Real patches come from the slides' packed stores (400 px at paper scale), synthetic patches from
+the PNGs of one LDM condition (``synthetic/{cond}/fold_{fold}/`` + ``manifest.parquet``); both are
+resized with antialiasing to the classifier's input size, then augmented (flips, rot90, colour
+jitter). Every sample's augmentation is drawn from its own seed, fixed by the epoch's sample order,
+so a resumed run sees exactly the data an uninterrupted run would (with any number of workers).
+
+:func:`check_no_leakage` enforces the evaluation's rule: no patch of a fold's test slides, real or
+as the source of a synthetic patch, reaches that fold's training or validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from duvflow.aggregate import label_to_int
+from duvflow.data import resize_batch, to_float_tensor
+from duvflow.slides.store import PatchStore
+
+__all__ = [
+    "AugmentConfig",
+    "LeakageError",
+    "PatchImages",
+    "augment",
+    "check_no_leakage",
+    "epoch_batches",
+    "load_synthetic",
+]
+
+_log = logging.getLogger(__name__)
+
+
+class LeakageError(ValueError):
+    """A fold's test slide (or a synthetic patch made from one) would enter its training."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """The ``classifier.augment`` config section (applied to training images only)."""
+
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = True
+    brightness: float = 0.1
+    contrast: float = 0.1
+    saturation: float = 0.1
+    hue: float = 0.02
+
+
+def load_synthetic(path: str | os.PathLike) -> pd.DataFrame:
+    """The synthetic set's manifest (``path``: its folder or ``manifest.parquet``) with absolute
+    ``file`` paths and ``label_int``; every listed PNG must exist."""
+    path = Path(path)
+    manifest = path / "manifest.parquet" if path.is_dir() else path
+    if not manifest.is_file():
+        raise FileNotFoundError(f"synthetic set {path}: {manifest.name} is missing")
+    df = pd.read_parquet(manifest)
+    missing_cols = {"file", "label", "source_slide"} - set(df.columns)
+    if missing_cols:
+        raise ValueError(f"{manifest} lacks column(s) {', '.join(sorted(missing_cols))}")
+    df = df.copy()
+    df["file"] = [str(f if Path(f).is_absolute() else manifest.parent / f) for f in df["file"]]
+    absent = [f for f in df["file"] if not Path(f).is_file()]
+    if absent:
+        raise FileNotFoundError(f"{manifest}: {len(absent)} listed image(s) do not exist, e.g. {absent[0]}")
+    df["label_int"] = label_to_int(df["label"]) if len(df) else np.zeros(0, np.int64)
+    df["source_slide"] = df["source_slide"].astype(str)
+    return df
+
+
+def check_no_leakage(split: pd.DataFrame, fold: str, train_slides, val_slides, synthetic: pd.DataFrame | None) -> None:
+    """Raise :class:`LeakageError` when a test slide of ``fold`` is among the training or validation
+    slides, or is (or is unknown as) the source of a synthetic training patch."""
+    split = split[split["fold"].astype(str) == str(fold)]
+    test = set(split.loc[split["role"] == "test", "slide_id"])
+    train = set(split.loc[split["role"] == "train", "slide_id"])
+    leaked = sorted(test & (set(train_slides) | set(val_slides)))
+    if leaked:
+        raise LeakageError(f"fold {fold}: test slide(s) {', '.join(leaked[:10])} in the training/validation data")
+    if not set(train_slides) <= train:
+        raise LeakageError(f"fold {fold}: training data from slides that are not training slides of the fold: "
+                           f"{', '.join(sorted(set(train_slides) - train)[:10])}")
+    if synthetic is not None and len(synthetic):
+        sources = set(synthetic["source_slide"])
+        bad = sorted(sources & test)
+        if bad:
+            raise LeakageError(f"fold {fold}: synthetic patches were generated from test slide(s) {', '.join(bad[:10])}")
+        unknown = sorted(sources - set(split["slide_id"]))
+        if unknown:
+            raise LeakageError(f"fold {fold}: synthetic patches from slides outside the fold's splits: "
+                               f"{', '.join(unknown[:10])}")
+        from_val = sorted(sources - train)
+        if from_val:
+            _log.warning("fold %s: %d synthetic patches come from validation slides (%s); model selection is then "
+                         "optimistic", fold, int(synthetic["source_slide"].isin(from_val).sum()), ", ".join(from_val[:5]))
+
+
+def augment(image: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random flips, rot90 and colour jitter of a float (3, H, W) image in [0, 1], drawn from ``generator``."""
+    import torchvision.transforms.v2.functional as TF
+
+    def uniform(width: float) -> float:
+        return float(torch.empty(()).uniform_(-width, width, generator=generator))
+
+    if cfg.hflip and torch.rand((), generator=generator) < 0.5:
+        image = image.flip(-1)
+    if cfg.vflip and torch.rand((), generator=generator) < 0.5:
+        image = image.flip(-2)
+    if cfg.rot90:
+        image = torch.rot90(image, int(torch.randint(4, (), generator=generator)), dims=(-2, -1))
+    # colour jitter (brightness, contrast, saturation as factors 1 +- x; hue as a shift)
+    factors = [uniform(cfg.brightness), uniform(cfg.contrast), uniform(cfg.saturation), uniform(cfg.hue)]
+    if cfg.brightness:
+        image = TF.adjust_brightness(image, 1 + factors[0])
+    if cfg.contrast:
+        image = TF.adjust_contrast(image, 1 + factors[1])
+    if cfg.saturation:
+        image = TF.adjust_saturation(image, 1 + factors[2])
+    if cfg.hue:
+        image = TF.adjust_hue(image, factors[3])
+    return image.clamp_(0, 1).contiguous()
+
+
+class PatchImages:
+    """Real patches (rows of a patch index) followed by synthetic PNGs, resized to ``size``.
+
+    ``dataset[i]`` or ``dataset[(i, seed)]`` -> ``(image, label_int)``; with a seed (and an
+    ``augment`` config) the image is augmented with that seed.
+    """
+
+    def __init__(self, real: pd.DataFrame | None, synthetic: pd.DataFrame | None, size: int,
+                 augment_cfg: AugmentConfig | None = None):
+        real = real if real is not None else pd.DataFrame(columns=["store", "patch_index", "label_int"])
+        synthetic = synthetic if synthetic is not None else pd.DataFrame(columns=["file", "label_int"])
+        self._stores_paths = real["store"].to_numpy()
+        self._rows = real["patch_index"].to_numpy()
+        self._files = synthetic["file"].to_numpy()
+        self.n_real = len(real)
+        self.labels = np.concatenate([real["label_int"].to_numpy(np.int64), synthetic["label_int"].to_numpy(np.int64)])
+        self.size = size
+        self.augment_cfg = augment_cfg
+        self._stores: dict[str, PatchStore] = {}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read(self, i: int) -> np.ndarray:
+        """The uint8 (H, W, 3) image ``i`` at its stored size."""
+        if i < self.n_real:
+            path = self._stores_paths[i]
+            store = self._stores.get(path)
+            if store is None:
+                store = self._stores[path] = PatchStore(path)
+            return store[int(self._rows[i])]
+        from PIL import Image
+
+        with Image.open(self._files[i - self.n_real]) as im:
+            return np.array(im.convert("RGB"))
+
+    def __getitem__(self, key):
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        image = resize_batch(to_float_tensor(self.read(int(i)))[None], self.size)[0]
+        if seed is not None and self.augment_cfg is not None:
+            image = augment(image, self.augment_cfg, torch.Generator().manual_seed(int(seed)))
+        return image, int(self.labels[i])
+
+
+def epoch_batches(labels: np.ndarray, batch_size: int, *, seed: int, epoch: int, balance: bool) -> list[list[tuple[int, int]]]:
+    """The epoch's batches of ``(index, augmentation seed)``, determined by ``(seed, epoch)``.
+
+    ``balance`` draws samples with replacement with probability inversely proportional to their
+    class size (each class then contributes equally on average); otherwise a permutation. An epoch
+    has ``max(1, n // batch_size)`` full batches (the remainder is dropped; it differs each epoch).
+    """
+    n = len(labels)
+    if n == 0:
+        raise ValueError("the training set is empty")
+    rng = np.random.default_rng([seed, epoch])
+    batch = min(batch_size, n)
+    steps = max(1, n // batch)
+    if balance:
+        counts = np.bincount(labels, minlength=2).astype(float)
+        p = 1.0 / counts[labels]
+        order = rng.choice(n, size=steps * batch, replace=True, p=p / p.sum())
+    else:
+        order = rng.permutation(n)[: steps * batch]
+    seeds = rng.integers(0, 2**62, size=len(order))
+    return [list(zip(order[s * batch:(s + 1) * batch].tolist(), seeds[s * batch:(s + 1) * batch].tolist(),
+                     strict=True)) for s in range(steps)]

@@ -1,0 +1,132 @@
+"""Inputs of the diffusion stage: a fold's training patches, the embedding table, the latent store.
+
+The latent store (``latents/fold_{fold}.h5``) holds every training patch of a fold encoded once
+by the fold's frozen VAE, already multiplied by the VAE's scaling factor, so the LDM trains on
+cached latents instead of re-encoding pixels every step:
+
+    /mean, /std        float16 (N, C, h, w)   posterior mean and standard deviation
+    /slide_id          str (N,)               source slide
+    /patch_index       int64 (N,)             row in the slide's tile table / store
+    /label_int         int64 (N,)             0 benign, 1 malignant
+    attrs              fold, image_size, scaling_factor, latent_channels, latent_size, vae
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from duvflow.data import LABEL_TO_INT, attach_split, load_patch_index
+
+__all__ = ["fold_training_patches", "read_embeddings", "write_latent_store", "read_latent_store", "StepBatches"]
+
+_log = logging.getLogger(__name__)
+EMBEDDING_COLUMNS = ("slide_id", "patch_index", "label", "role", "embedding")
+
+
+def fold_training_patches(tables: Sequence[str], stores: Sequence[str], statuses: Sequence[str] | None,
+                          splits: str | os.PathLike, fold: str) -> pd.DataFrame:
+    """Patch index (``duvflow.data``) of the training slides of ``fold`` (role ``train``)."""
+    index = attach_split(load_patch_index(tables, stores, statuses), splits, fold)
+    train = index[index["role"] == "train"].reset_index(drop=True)
+    if train.empty:
+        raise ValueError(f"fold {fold} has no training patches (splits: {splits})")
+    _log.info("fold %s: %d training patches from %d slides", fold, len(train), train["slide_id"].nunique())
+    return train
+
+
+def read_embeddings(path: str | os.PathLike, role: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """The embedding table as (metadata DataFrame, float32 (N, D) array), optionally one role only."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    missing = [c for c in EMBEDDING_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"embedding table {path} lacks column(s) {', '.join(missing)}")
+    if role is not None:
+        table = table.filter(pc.equal(table["role"], role))
+    column = table.column("embedding").combine_chunks()
+    n = len(table)
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    if n and flat.size % n:
+        raise ValueError(f"embedding table {path}: the embeddings do not all have the same length")
+    embeddings = flat.reshape(n, -1 if n else 0)
+    meta = table.drop_columns(["embedding"]).to_pandas()
+    meta["patch_index"] = meta["patch_index"].astype("int64")
+    meta["slide_id"] = meta["slide_id"].astype(str)
+    unknown = set(meta["label"].unique()) - set(LABEL_TO_INT)
+    if unknown:
+        raise ValueError(f"embedding table {path}: unknown label(s) {sorted(unknown)}")
+    meta["label_int"] = meta["label"].map(LABEL_TO_INT).astype("int64")
+    return meta, embeddings
+
+
+def write_latent_store(path: str | os.PathLike, mean: np.ndarray, std: np.ndarray, index: pd.DataFrame,
+                       attrs: dict) -> None:
+    """Write the latent store (call inside ``duvflow.io.atomic_path``)."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset("mean", data=mean.astype(np.float16))
+        f.create_dataset("std", data=std.astype(np.float16))
+        f.create_dataset("slide_id", data=index["slide_id"].astype(str).to_numpy(dtype=object),
+                         dtype=h5py.string_dtype())
+        f.create_dataset("patch_index", data=index["patch_index"].to_numpy(np.int64))
+        f.create_dataset("label_int", data=index["label_int"].to_numpy(np.int64))
+        f.attrs.update({k: v for k, v in attrs.items() if v is not None})
+
+
+def read_latent_store(path: str | os.PathLike, arrays: bool = True) -> dict:
+    """The whole store in memory: ``mean``/``std`` float32 tensors (unless ``arrays=False``), the
+    ``index`` DataFrame (slide_id, patch_index, label_int) and ``attrs``."""
+    import h5py
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"latent store {path} does not exist")
+    with h5py.File(path, "r") as f:
+        for key in ("mean", "std", "slide_id", "patch_index", "label_int"):
+            if key not in f:
+                raise ValueError(f"latent store {path} lacks dataset /{key}")
+        out = {
+            "index": pd.DataFrame({
+                "slide_id": f["slide_id"].asstr()[:],
+                "patch_index": f["patch_index"][:],
+                "label_int": f["label_int"][:],
+            }),
+            "attrs": dict(f.attrs),
+        }
+        if arrays:
+            out["mean"] = torch.from_numpy(f["mean"][:].astype(np.float32))
+            out["std"] = torch.from_numpy(f["std"][:].astype(np.float32))
+    return out
+
+
+class StepBatches:
+    """Batch ``step`` of a run as a pure function of (seed, step): shuffled epochs without
+    replacement, so a resumed run draws exactly the batches the interrupted one would have."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        if n <= 0:
+            raise ValueError("no training samples")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.per_epoch = max(1, n // batch_size)
+        self._epoch, self._perm = -1, None
+
+    def __call__(self, step: int):
+        import torch
+
+        epoch, pos = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            need = self.per_epoch * self.batch_size
+            perms = [torch.randperm(self.n, generator=g) for _ in range(-(-need // self.n))]
+            self._epoch, self._perm = epoch, torch.cat(perms)[:need]
+        return self._perm[pos * self.batch_size:(pos + 1) * self.batch_size]

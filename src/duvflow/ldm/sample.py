@@ -1,0 +1,179 @@
+"""Guided DDIM sampling and the synthetic patch folder.
+
+Each DDIM step (Song et al., ICLR 2021) runs the UNet ONCE on the concatenated
+[conditional, unconditional] batch and combines the halves with classifier-free guidance
+(Ho & Salimans, 2022): ``guided = uncond + w * (cond - uncond)``.
+
+The synthetic folder ``synthetic/{cond}/fold_{fold}/`` holds PNG patches at the LDM resolution
+and ``manifest.parquet`` (``file`` relative to the folder, ``label``, ``source_slide``,
+``source_patch``, ``seed``, ``guidance``, ``steps``, ``condition``, ``fold``). Conditions of the SSL
+arm are DINO embeddings of real training patches of the fold, drawn stratified by label; the
+class arm draws the same plan and is conditioned on the labels only (its source columns name the
+real training patch the label was drawn from). Image i starts from the noise of seed
+``seed + i`` in both arms, so the arms are paired; the folder is deterministic given the seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from duvflow.config import from_dict
+from duvflow.data import LABEL_TO_INT
+from duvflow.io import atomic_path, write_parquet
+from duvflow.ldm.common import run_metadata, to_uint8
+from duvflow.ldm.config import SamplingConfig
+from duvflow.ldm.data import read_embeddings, read_latent_store
+from duvflow.runtime import autocast, configure_threads, progress, select_device
+from duvflow.splits import fold_seed
+
+__all__ = ["cfg_combine", "guided_ddim", "synthetic_count", "plan_synthetic", "sample_images", "sample_synthetic"]
+
+_log = logging.getLogger(__name__)
+INT_TO_LABEL = {v: k for k, v in LABEL_TO_INT.items()}
+MANIFEST = "manifest.parquet"
+
+
+def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance: ``uncond + w * (cond - uncond)``."""
+    return uncond + guidance * (cond - uncond)
+
+
+def guided_ddim(unet, context: torch.Tensor, null_context: torch.Tensor, noise: torch.Tensor, scheduler,
+                steps: int, guidance: float, eta: float = 0.0, generator=None) -> torch.Tensor:
+    """Denoise ``noise`` (B, C, h, w) with ``steps`` DDIM steps and guidance ``guidance``.
+
+    One UNet call per step: on [x, x] with context [cond, null] (B each); at ``guidance == 1``
+    the unconditional half is not needed and the call runs on B samples only.
+    """
+    scheduler.set_timesteps(steps, device=noise.device)
+    x = noise * scheduler.init_noise_sigma
+    guided = guidance != 1.0
+    ctx = torch.cat([context, null_context.to(context.dtype)]) if guided else context
+    for t in scheduler.timesteps:
+        inp = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
+        out = unet(inp, t, ctx, return_dict=False)[0]
+        if guided:
+            cond, uncond = out.chunk(2)
+            out = cfg_combine(cond, uncond, guidance)
+        x = scheduler.step(out, t, x, eta=eta, generator=generator, return_dict=False)[0]
+    return x
+
+
+def synthetic_count(n_real: int, fraction: float) -> int:
+    """Synthetic patches that make up ``fraction`` of real + synthetic: n_real * f / (1 - f)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"synthetic fraction must be in [0, 1), got {fraction}")
+    return int(round(n_real * fraction / (1.0 - fraction)))
+
+
+def plan_synthetic(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Rows of the real training patches whose conditions the ``n`` synthetic patches use.
+
+    Stratified by label: each label gets its share of the real training set (largest remainder),
+    drawn without replacement (a label with fewer patches than needed is cycled through again).
+    """
+    labels = np.asarray(labels)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    classes, counts = np.unique(labels, return_counts=True)
+    share = counts / counts.sum() * n
+    per_class = np.floor(share).astype(int)
+    for i in np.argsort(-(share - per_class), kind="stable")[: n - per_class.sum()]:
+        per_class[i] += 1
+    rng = np.random.default_rng(seed)
+    rows = []
+    for lab, k in zip(classes, per_class, strict=True):
+        pool = np.flatnonzero(labels == lab)
+        draws = [rng.permutation(pool) for _ in range(-(-k // len(pool)))] if k else []
+        rows.append(np.concatenate(draws)[:k] if draws else np.zeros(0, np.int64))
+    return np.concatenate(rows).astype(np.int64)
+
+
+@torch.no_grad()
+def sample_images(unet, encoder, vae, scheduler, conditions: torch.Tensor, seeds, *, steps: int, guidance: float,
+                  eta: float = 0.0, latent_shape: tuple[int, int, int], device, mixed_precision: bool = True) -> np.ndarray:
+    """uint8 (B, H, W, 3) samples for a batch of conditions; sample i starts from seed ``seeds[i]``."""
+    from duvflow.ldm.vae import decode_latents
+
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    noise = torch.stack([torch.randn(latent_shape, generator=g) for g in gens]).to(device)
+    with autocast(device, mixed_precision):
+        context = encoder(conditions.to(device))
+        z = guided_ddim(unet, context, encoder.null(len(conditions)), noise, scheduler, steps, guidance, eta,
+                        generator=gens if eta > 0 else None)
+        images = decode_latents(vae, z.to(vae.dtype))
+    return to_uint8(images)
+
+
+def sample_synthetic(*, model: str, vae: str, latents: str, output: str, condition: str, fold: str, cfg: dict,
+                     seed: int, embeddings: str | None = None, threads: int = 1) -> None:
+    """Write the synthetic patch folder ``output`` for one arm and fold."""
+    from PIL import Image
+
+    from duvflow.ldm.train import load_ldm
+    from duvflow.ldm.vae import load_vae
+
+    cfg = from_dict(SamplingConfig, cfg, "sampling")
+    configure_threads(threads)
+    seed = fold_seed(seed, fold)  # the same plan and noise in both arms
+    device = select_device(cfg.device)
+    unet, encoder, scheduler, meta = load_ldm(model, device)
+    if encoder.config.kind != condition:
+        raise ValueError(f"LDM {model} is conditioned on {encoder.config.kind!r}, not {condition!r}")
+    decoder = load_vae(vae).to(device)
+
+    # the real training patches of the fold, in latent-store order (the plan is arm-independent)
+    real = read_latent_store(latents, arrays=False)["index"]
+    n_syn = synthetic_count(len(real), cfg.synthetic_fraction)
+    if cfg.max_synthetic is not None and n_syn > cfg.max_synthetic:
+        _log.warning("capping %d synthetic patches at sampling.max_synthetic = %d", n_syn, cfg.max_synthetic)
+        n_syn = cfg.max_synthetic
+    rows = plan_synthetic(real["label_int"].to_numpy(), n_syn, seed)
+    source = real.iloc[rows].reset_index(drop=True)
+    if condition == "ssl":
+        if embeddings is None:
+            raise ValueError("SSL sampling needs the fold's embedding table")
+        emb_meta, emb = read_embeddings(embeddings, role="train")
+        lookup = pd.Series(np.arange(len(emb_meta)), index=pd.MultiIndex.from_frame(emb_meta[["slide_id", "patch_index"]]))
+        keys = pd.MultiIndex.from_frame(source[["slide_id", "patch_index"]])
+        missing = ~keys.isin(lookup.index)
+        if missing.any():
+            raise ValueError(f"embedding table {embeddings} lacks {int(missing.sum())} training patches of fold {fold}")
+        conditions = torch.from_numpy(emb[lookup.loc[keys].to_numpy()])
+    else:
+        conditions = torch.from_numpy(source["label_int"].to_numpy(np.int64).copy())
+    seeds = seed + np.arange(n_syn)
+    latent_shape = (meta["latent_channels"], meta["latent_size"], meta["latent_size"])
+    _log.info("fold %s, %s arm: %d synthetic patches for %d real training patches (fraction %.3f), %d DDIM steps, "
+              "guidance %.2f", fold, condition, n_syn, len(real), cfg.synthetic_fraction, cfg.steps, cfg.guidance)
+
+    files = [f"syn_{i:06d}.png" for i in range(n_syn)]
+    with atomic_path(output, suffix="") as tmp:
+        tmp.mkdir()
+        for start in progress(range(0, n_syn, cfg.batch_size), desc=f"sample {condition} fold {fold}"):
+            sl = slice(start, start + cfg.batch_size)
+            images = sample_images(unet, encoder, decoder, scheduler, conditions[sl], seeds[sl], steps=cfg.steps,
+                                   guidance=cfg.guidance, eta=cfg.eta, latent_shape=latent_shape, device=device,
+                                   mixed_precision=cfg.mixed_precision)
+            for name, img in zip(files[sl], images, strict=True):
+                Image.fromarray(img).save(tmp / name, format="PNG")
+        manifest = pd.DataFrame({
+            "file": files,
+            "label": source["label_int"].map(INT_TO_LABEL).to_numpy(),
+            "source_slide": source["slide_id"].astype(str).to_numpy(),
+            "source_patch": source["patch_index"].astype("int64").to_numpy(),
+            "seed": seeds.astype(np.int64),
+            "guidance": float(cfg.guidance),
+            "steps": int(cfg.steps),
+            "condition": condition,
+            "fold": str(fold),
+        })
+        write_parquet(manifest, Path(tmp) / MANIFEST, metadata={
+            "n_real": len(real), "synthetic_fraction": cfg.synthetic_fraction, "model": str(model),
+            "image_size": meta.get("image_size"), **{k: v for k, v in run_metadata().items()}})
+    _log.info("wrote %d synthetic patches to %s", n_syn, output)

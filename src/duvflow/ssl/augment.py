@@ -1,0 +1,217 @@
+"""DINO multi-crop augmentation, batched on the training device.
+
+Each image yields 2 global crops (``global_size``, area ``global_scale``) and ``n_local`` local
+crops (``local_size``, area ``local_scale``), each randomly resized-cropped, flipped, rotated by
+multiples of 90 degrees (tissue has no canonical orientation), colour-jittered, turned grey,
+blurred and (second global crop only) solarised, with DINO's probabilities.
+
+Why batched: per-image PIL/torchvision pipelines in DataLoader workers cost ~10 crops x batch
+resamplings per step on the CPU and starve a GPU; here every operation runs on the whole batch at
+once with per-image random parameters (crop-and-resize is one ``torchvision.ops.roi_align`` call),
+so the workers only decode patches. Colour jitter applies brightness, contrast, saturation and hue
+in this fixed order (torchvision shuffles it); hue is a rotation of the chroma plane in YIQ space.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+__all__ = ["AugmentConfig", "CropConfig", "MultiCropAugment", "random_resized_boxes", "crop_resize"]
+
+_GRAY = (0.299, 0.587, 0.114)
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    hflip_p: float = 0.5
+    vflip_p: float = 0.5
+    rot90: bool = True
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_p_global: tuple[float, float] = (1.0, 0.1)
+    blur_p_local: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.2
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    n_local: int = 8
+    local_size: int = 96
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.4)
+
+
+def _uniform(n: int, low: float, high: float, gen: torch.Generator, device) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=gen, device=device)
+
+
+def random_resized_boxes(sizes: torch.Tensor, scale: tuple[float, float], gen: torch.Generator,
+                         ratio: tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10) -> torch.Tensor:
+    """RandomResizedCrop boxes ``(x1, y1, x2, y2)`` for images of ``sizes`` (B, 2) = (H, W).
+
+    Like torchvision: area fraction ~ U(scale), log aspect ~ U(log ratio), first of ``attempts``
+    draws that fits; images where none fits get the largest centred box of a clamped aspect ratio.
+    """
+    b, device = sizes.shape[0], sizes.device
+    h_img, w_img = sizes[:, 0].float(), sizes[:, 1].float()
+    area = (h_img * w_img)[:, None]
+    target = area * _uniform(b * attempts, *scale, gen, device).view(b, attempts)
+    log_r = _uniform(b * attempts, math.log(ratio[0]), math.log(ratio[1]), gen, device).view(b, attempts)
+    aspect = torch.exp(log_r)
+    w = torch.sqrt(target * aspect)
+    h = torch.sqrt(target / aspect)
+    fits = (w <= w_img[:, None]) & (h <= h_img[:, None])
+    first = torch.argmax(fits.int(), dim=1)  # index of the first fitting attempt (0 when none fits)
+    w = w.gather(1, first[:, None]).squeeze(1)
+    h = h.gather(1, first[:, None]).squeeze(1)
+    ok = fits.any(dim=1)
+    img_ratio = w_img / h_img
+    fw = torch.where(img_ratio < ratio[0], w_img, torch.where(img_ratio > ratio[1], h_img * ratio[1], w_img))
+    fh = torch.where(img_ratio < ratio[0], w_img / ratio[0], torch.where(img_ratio > ratio[1], h_img, h_img))
+    w, h = torch.where(ok, w, fw), torch.where(ok, h, fh)
+    ux, uy = torch.rand(b, generator=gen, device=device), torch.rand(b, generator=gen, device=device)
+    x0 = torch.where(ok, ux * (w_img - w), (w_img - w) / 2)
+    y0 = torch.where(ok, uy * (h_img - h), (h_img - h) / 2)
+    return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
+
+
+def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, index: torch.Tensor | None = None,
+                sampling_ratio: int | None = None) -> torch.Tensor:
+    """Crop ``boxes`` (N, 4) out of ``images[index]`` (default: box i from image i) and resample each
+    to ``size`` x ``size`` in one ``roi_align`` call: bilinear, ``sampling_ratio``^2 samples averaged
+    per output pixel. The default takes 2 when shrinking (some anti-aliasing at a quarter of the
+    cost of the adaptive ``ceil(box / size)``) and 1 otherwise (exact at 1:1)."""
+    if index is None:
+        index = torch.arange(images.shape[0], device=images.device)
+    if sampling_ratio is None:
+        extent = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        sampling_ratio = 2 if bool((extent > size + 1e-3).any()) else 1
+    rois = torch.cat([index.to(images.dtype)[:, None], boxes.to(images.dtype)], dim=1)
+    return roi_align(images, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=sampling_ratio,
+                     aligned=True)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
+
+
+def _per_image(v: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, 1, 1, 1)
+
+
+class MultiCropAugment:
+    """``augment(images, gen)`` -> ``[global_1, global_2, local_1, ..., local_n]``, each (B, 3, S, S).
+
+    ``images``: float (B, 3, H, W) in [0, 1] on the training device; ``sizes`` (B, 2) gives each
+    image's valid (H, W) when a batch was padded to a common size.
+    """
+
+    def __init__(self, global_size: int, crops: CropConfig | None = None, augment: AugmentConfig | None = None):
+        self.global_size = global_size
+        self.crops = crops or CropConfig()
+        self.cfg = augment or AugmentConfig()
+
+    def __call__(self, images: torch.Tensor, gen: torch.Generator, sizes: torch.Tensor | None = None):
+        b, dev = images.shape[0], images.device
+        if sizes is None:
+            sizes = torch.tensor(images.shape[-2:], device=dev).expand(b, 2)
+        c, cfg = self.crops, self.cfg
+        # the crops of one size are augmented as one batch (crop-major: all of crop 0, then crop 1, ...)
+        views = []
+        groups = [(2, self.global_size, c.global_scale, list(cfg.blur_p_global), [0.0, cfg.solarize_p])]
+        if c.n_local:
+            groups.append((c.n_local, c.local_size, c.local_scale, [cfg.blur_p_local] * c.n_local, [0.0] * c.n_local))
+        for n, size, scale, blur_p, solarize_p in groups:
+            src = torch.arange(b, device=dev).repeat(n)
+            boxes = random_resized_boxes(sizes[src], scale, gen)
+            x = crop_resize(images, boxes, size, index=src)
+            x = self.geometric(x, gen)
+            x = self.colour(x, gen)
+            x = self.blur(x, torch.tensor(blur_p, device=dev).repeat_interleave(b), gen)
+            sol = torch.tensor(solarize_p, device=dev).repeat_interleave(b)
+            if bool((sol > 0).any()):
+                on = _per_image(torch.rand(x.shape[0], generator=gen, device=dev) < sol)
+                x = torch.where(on & (x >= 0.5), 1.0 - x, x)
+            views.extend(x.chunk(n))
+        return [v.contiguous() for v in views]
+
+    def geometric(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        b, dev = x.shape[0], x.device
+        for p, dim in ((self.cfg.hflip_p, -1), (self.cfg.vflip_p, -2)):
+            if p > 0:
+                x = torch.where(_per_image(torch.rand(b, generator=gen, device=dev) < p), x.flip(dim), x)
+        if self.cfg.rot90:
+            k = torch.randint(0, 4, (b,), generator=gen, device=dev)
+            out = x.clone()
+            for kk in (1, 2, 3):
+                sel = k == kk
+                if bool(sel.any()):
+                    out[sel] = torch.rot90(x[sel], kk, dims=(-2, -1))
+            x = out
+        return x
+
+    def colour(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        cfg, b, dev = self.cfg, x.shape[0], x.device
+        if cfg.jitter_p > 0:
+            on = torch.rand(b, generator=gen, device=dev) < cfg.jitter_p
+            bright = torch.where(on, _uniform(b, 1 - cfg.brightness, 1 + cfg.brightness, gen, dev), 1.0)
+            contrast = torch.where(on, _uniform(b, 1 - cfg.contrast, 1 + cfg.contrast, gen, dev), 1.0)
+            sat = torch.where(on, _uniform(b, 1 - cfg.saturation, 1 + cfg.saturation, gen, dev), 1.0)
+            hue = torch.where(on, _uniform(b, -cfg.hue, cfg.hue, gen, dev), 0.0)
+            x = (x * _per_image(bright)).clamp_(0, 1)
+            mean = _gray(x).mean(dim=(-1, -2), keepdim=True)
+            x = ((x - mean) * _per_image(contrast) + mean).clamp_(0, 1)
+            g = _gray(x)
+            x = ((x - g) * _per_image(sat) + g).clamp_(0, 1)
+            x = self._hue(x, hue).clamp_(0, 1)
+        if cfg.grayscale_p > 0:
+            grey = _per_image(torch.rand(b, generator=gen, device=dev) < cfg.grayscale_p)
+            x = torch.where(grey, _gray(x).expand_as(x), x)
+        return x
+
+    @staticmethod
+    def _hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
+        """Rotate each image's chroma (I, Q) by ``2 pi hue``: one 3x3 matrix per image."""
+        t = _RGB2YIQ.to(x.device, x.dtype)
+        theta = 2 * math.pi * hue.to(x.dtype)
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        rot = torch.zeros(hue.shape[0], 3, 3, device=x.device, dtype=x.dtype)
+        rot[:, 0, 0] = 1
+        rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
+        m = torch.linalg.inv(t) @ rot @ t  # (B, 3, 3)
+        return torch.einsum("bij,bjhw->bihw", m, x)
+
+    def blur(self, x: torch.Tensor, p: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Gaussian blur with per-image probability ``p`` (N,), sigma ~ U(blur_sigma) per image."""
+        b, dev = x.shape[0], x.device
+        on = torch.rand(b, generator=gen, device=dev) < p
+        sigma = _uniform(b, *self.cfg.blur_sigma, gen, dev)
+        idx = torch.nonzero(on).squeeze(1)
+        if idx.numel() == 0:
+            return x
+        size = x.shape[-1]
+        radius = max(1, min(math.ceil(3 * self.cfg.blur_sigma[1]), (size - 1) // 2))
+        offsets = torch.arange(-radius, radius + 1, device=dev, dtype=x.dtype)
+        kernel = torch.exp(-0.5 * (offsets[None] / sigma[idx, None].to(x.dtype)) ** 2)
+        kernel = kernel / kernel.sum(dim=1, keepdim=True)  # (n, K)
+        sub = x[idx]
+        n, ch = sub.shape[:2]
+        k = kernel.repeat_interleave(ch, dim=0)  # one kernel per (image, channel) group
+        y = F.pad(sub.reshape(1, n * ch, size, size), (radius, radius, radius, radius), mode="reflect")
+        y = F.conv2d(y, k.view(n * ch, 1, 1, -1), groups=n * ch)
+        y = F.conv2d(y, k.view(n * ch, 1, -1, 1), groups=n * ch)
+        out = x.clone()
+        out[idx] = y.view(n, ch, size, size)
+        return out

@@ -1,0 +1,99 @@
+# Classifier: one ViT per arm and fold (real patches + the arm's synthetic set), patch predictions
+# on the fold's validation and test slides, and the deployable model (fold `all`) for new slides.
+
+
+rule train_classifier:
+    input:
+        unpack(get_classifier_inputs),
+    output:
+        model=out("classifier", "{arm}", "fold_{fold}", "model.safetensors"),
+        meta=out("classifier", "{arm}", "fold_{fold}", "model.json"),
+        metrics=report(
+            out("classifier", "{arm}", "fold_{fold}", "metrics.csv"),
+            caption="../report/classifier_training.rst",
+            category="5. Classification",
+            subcategory="Training",
+            labels={"arm": "{arm}", "fold": "{fold}", "table": "training per epoch"},
+        ),
+    params:
+        classifier=cfg("classifier"),
+        tiling=cfg("tiling"),
+        seed=config["seed"],
+        # resumable checkpoints: undeclared, so a failed job's are kept for the rerun
+        checkpoint_dir=lambda wc: out("classifier", wc.arm, f"fold_{wc.fold}.ckpt"),
+    log:
+        out("logs", "train_classifier", "{arm}", "fold_{fold}.log"),
+    benchmark:
+        out("benchmarks", "train_classifier", "{arm}", "fold_{fold}.tsv")
+    threads: res("train_classifier", "threads")
+    resources:
+        mem_mb=res("train_classifier", "mem_mb"),
+        runtime=res("train_classifier", "runtime"),
+        gpu=gpus("train_classifier"),
+    script:
+        "../../scripts/train_classifier.py"
+
+
+rule predict_tiles:
+    input:
+        unpack(get_tile_tables),
+        model=out("classifier", "{arm}", "fold_{fold}", "model.safetensors"),
+        meta=out("classifier", "{arm}", "fold_{fold}", "model.json"),
+        splits=out("splits.csv"),
+    output:
+        patches=out("predictions", "{arm}", "fold_{fold}", "patches.parquet"),
+    params:
+        classifier=cfg("classifier"),
+        model_dir=lambda wc, input: os.path.dirname(input.model),
+    log:
+        out("logs", "predict_tiles", "{arm}", "fold_{fold}.log"),
+    benchmark:
+        out("benchmarks", "predict_tiles", "{arm}", "fold_{fold}.tsv")
+    threads: res("predict_tiles", "threads")
+    resources:
+        mem_mb=res("predict_tiles", "mem_mb"),
+        runtime=res("predict_tiles", "runtime"),
+        gpu=gpus("predict_tiles"),
+    script:
+        "../../scripts/predict_tiles.py"
+
+
+rule export_model:
+    input:
+        model=out("classifier", "{arm}", "fold_all", "model.safetensors"),
+        meta=out("classifier", "{arm}", "fold_all", "model.json"),
+        theta=out("predictions", "{arm}", "fold_all", "theta.json"),
+    output:
+        model=out("deploy", "{arm}", "model.safetensors"),
+        meta=out("deploy", "{arm}", "model.json"),
+    log:
+        out("logs", "export_model", "{arm}.log"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../../scripts/export_model.py"
+
+
+rule predict_new_slides:
+    input:
+        slides=config["deploy"]["slides"],
+        model=out("deploy", "{arm}", "model.safetensors"),
+        meta=out("deploy", "{arm}", "model.json"),
+    output:
+        folder=directory(out("deploy", "{arm}", "new_slides")),
+    params:
+        model_dir=lambda wc, input: os.path.dirname(input.model),
+        batch_size=config["classifier"]["eval_batch_size"],
+    log:
+        out("logs", "predict_new_slides", "{arm}.log"),
+    benchmark:
+        out("benchmarks", "predict_new_slides", "{arm}.tsv")
+    threads: res("predict_tiles", "threads")
+    resources:
+        mem_mb=res("predict_tiles", "mem_mb"),
+        runtime=res("predict_tiles", "runtime"),
+        gpu=gpus("predict_tiles"),
+    script:
+        "../../scripts/predict_new_slides.py"

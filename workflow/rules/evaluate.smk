@@ -1,0 +1,122 @@
+# Slide-level aggregation (theta: a parameter of this stage only, so changing it reruns nothing
+# upstream), cross-validated evaluation per arm, the theta sweep and the comparison of the arms.
+
+
+def get_classifier_targets():
+    """The results table and ROC plot, each arm's evaluation and sweep, the deployable model."""
+    targets = [out("comparison", f) for f in ("arms.csv", "arms.md", "roc.png")]
+    targets += expand(out("evaluation", "{arm}", "{f}"), arm=ARMS, f=("metrics.json", "sweep.png"))
+    if config["deploy"]["enabled"]:
+        targets.append(out("deploy", DEPLOY_ARM, "model.json"))
+        if config["deploy"]["slides"]:
+            targets.append(out("deploy", DEPLOY_ARM, "new_slides"))
+    return targets
+
+
+rule aggregate_slides:
+    input:
+        patches=out("predictions", "{arm}", "fold_{fold}", "patches.parquet"),
+        splits=out("splits.csv"),
+    output:
+        slides=out("predictions", "{arm}", "fold_{fold}", "slides.csv"),
+        theta=out("predictions", "{arm}", "fold_{fold}", "theta.json"),
+    params:
+        aggregate=cfg("aggregate"),
+    log:
+        out("logs", "aggregate_slides", "{arm}", "fold_{fold}.log"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../../scripts/aggregate_slides.py"
+
+
+rule evaluate_arm:
+    input:
+        slides=get_fold_slide_tables,
+    output:
+        metrics=out("evaluation", "{arm}", "metrics.json"),
+        table=report(
+            out("evaluation", "{arm}", "metrics.csv"),
+            caption="../report/evaluation_metrics.rst",
+            category="5. Classification",
+            subcategory="Metrics per arm",
+            labels={"arm": "{arm}", "figure": "metrics table"},
+        ),
+        slides=out("evaluation", "{arm}", "slides.csv"),
+        roc=report(
+            out("evaluation", "{arm}", "roc.png"),
+            caption="../report/evaluation_roc.rst",
+            category="5. Classification",
+            subcategory="ROC curves",
+            labels={"arm": "{arm}", "figure": "ROC"},
+        ),
+    params:
+        evaluate=cfg("evaluate"),
+        seed=config["seed"],
+    log:
+        out("logs", "evaluate_arm", "{arm}.log"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../../scripts/evaluate_arm.py"
+
+
+rule sweep_theta:
+    input:
+        slides=get_fold_slide_tables,
+    output:
+        table=out("evaluation", "{arm}", "sweep.csv"),
+        plot=report(
+            out("evaluation", "{arm}", "sweep.png"),
+            caption="../report/sweep_theta.rst",
+            category="5. Classification",
+            subcategory="Threshold sweep",
+            labels={"arm": "{arm}", "figure": "theta sweep"},
+        ),
+    params:
+        aggregate=cfg("aggregate"),
+    log:
+        out("logs", "sweep_theta", "{arm}.log"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../../scripts/sweep_theta.py"
+
+
+rule compare_arms:
+    input:
+        metrics=expand(out("evaluation", "{arm}", "metrics.json"), arm=ARMS),
+        slides=expand(out("evaluation", "{arm}", "slides.csv"), arm=ARMS),
+        fid=lambda wc: [path for arm in ARMS for path in get_fid_reports(arm)],
+    output:
+        table=report(
+            out("comparison", "arms.csv"),
+            caption="../report/compare_arms.rst",
+            category="6. Results",
+            labels={"figure": "results table"},
+        ),
+        markdown=out("comparison", "arms.md"),
+        roc=report(
+            out("comparison", "roc.png"),
+            caption="../report/compare_roc.rst",
+            category="6. Results",
+            labels={"figure": "ROC of the arms"},
+        ),
+    params:
+        arms=ARMS,
+        fid=lambda wc: {arm: get_fid_reports(arm) for arm in ARMS},
+        aggregate=cfg("aggregate"),
+    log:
+        out("logs", "compare_arms", "all.log"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../../scripts/compare_arms.py"

@@ -1,0 +1,168 @@
+# Self-supervised features: slide-level folds, DINO fine-tuning per fold, patch embeddings with the
+# fold's teacher (and with the initial backbone, as the probes' baseline), and embedding probes.
+
+
+def ssl_weights(wildcards=None):
+    """The configured initial backbone weights file, as an input (so replacing it reruns DINO)."""
+    return [config["dino"]["weights"]] if config["dino"]["weights"] else []
+
+
+def initial_backbone():
+    """The dino settings that define the initial backbone (and only those: a changed lr or
+    epoch count must not re-embed the baseline)."""
+    keys = ("backbone", "model_kwargs", "weights", "hub", "img_size", "pooling")
+    return {k: config["dino"][k] for k in keys}
+
+
+def get_ssl_targets():
+    return [
+        out("splits.csv"),
+        *expand(out("embeddings", "fold_{fold}.parquet"), fold=FOLDS),
+        *expand(out("dino", "fold_{fold}", "metrics.png"), fold=FOLDS),
+        *expand(out("probe", "fold_{fold}", "projection.png"), fold=FOLDS),
+        out("probe", "summary.tsv"),
+        out("probe", "summary.png"),
+    ]
+
+
+rule make_splits:
+    input:
+        statuses=expand(out("tiles", "{slide}.json"), slide=SLIDES),
+    output:
+        splits=out("splits.csv"),
+    params:
+        splits=cfg("splits"),
+        labels=dict(zip(samples["slide_id"], samples["label"])),
+        seed=config["seed"],
+    log:
+        out("logs", "make_splits", "all.log"),
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    script:
+        "../../scripts/make_splits.py"
+
+
+rule train_dino:
+    input:
+        unpack(get_tile_tables),
+        splits=out("splits.csv"),
+        weights=ssl_weights,
+    output:
+        teacher=out("dino", "fold_{fold}", "teacher.safetensors"),
+        teacher_config=out("dino", "fold_{fold}", "teacher.json"),
+        metrics=out("dino", "fold_{fold}", "metrics.csv"),
+        plot=report(
+            out("dino", "fold_{fold}", "metrics.png"),
+            caption="../report/dino_metrics.rst",
+            category="2. Self-supervised features",
+            subcategory="DINO training",
+            labels={"fold": "{fold}"},
+        ),
+    params:
+        dino=cfg("dino"),
+        seed=config["seed"],
+        # resumable checkpoints: undeclared, so a failed job's are kept for the rerun
+        checkpoint_dir=lambda wc: out("dino", f"fold_{wc.fold}.ckpt"),
+    log:
+        out("logs", "train_dino", "fold_{fold}.log"),
+    benchmark:
+        out("benchmarks", "train_dino", "fold_{fold}.tsv")
+    threads: res("train_dino", "threads")
+    resources:
+        mem_mb=res("train_dino", "mem_mb"),
+        runtime=res("train_dino", "runtime"),
+        gpu=gpus("train_dino"),
+    script:
+        "../../scripts/train_dino.py"
+
+
+rule embed_patches:
+    input:
+        unpack(get_tile_tables),
+        splits=out("splits.csv"),
+        teacher=out("dino", "fold_{fold}", "teacher.safetensors"),
+        teacher_config=out("dino", "fold_{fold}", "teacher.json"),
+    output:
+        embeddings=out("embeddings", "fold_{fold}.parquet"),
+    params:
+        embed=cfg("embed"),
+    log:
+        out("logs", "embed_patches", "fold_{fold}.log"),
+    benchmark:
+        out("benchmarks", "embed_patches", "fold_{fold}.tsv")
+    threads: res("embed_patches", "threads")
+    resources:
+        mem_mb=res("embed_patches", "mem_mb"),
+        runtime=res("embed_patches", "runtime"),
+        gpu=gpus("embed_patches"),
+    script:
+        "../../scripts/embed_patches.py"
+
+
+rule embed_initial:
+    input:
+        unpack(get_tile_tables),
+        weights=ssl_weights,
+    output:
+        embeddings=out("embeddings", "initial.parquet"),
+    params:
+        dino=initial_backbone(),
+        embed=cfg("embed"),
+        seed=config["seed"],
+    log:
+        out("logs", "embed_initial", "all.log"),
+    benchmark:
+        out("benchmarks", "embed_initial", "all.tsv")
+    threads: res("embed_patches", "threads")
+    resources:
+        mem_mb=res("embed_patches", "mem_mb"),
+        runtime=res("embed_patches", "runtime"),
+        gpu=gpus("embed_patches"),
+    script:
+        "../../scripts/embed_initial.py"
+
+
+rule probe_embeddings:
+    input:
+        embeddings=out("embeddings", "fold_{fold}.parquet"),
+        initial=out("embeddings", "initial.parquet"),
+    output:
+        probe=out("probe", "fold_{fold}", "probe.json"),
+        plot=report(
+            out("probe", "fold_{fold}", "projection.png"),
+            caption="../report/probe_projection.rst",
+            category="2. Self-supervised features",
+            subcategory="Embedding projections",
+            labels={"fold": "{fold}"},
+        ),
+    params:
+        probe=cfg("probe"),
+        seed=config["seed"],
+    log:
+        out("logs", "probe_embeddings", "fold_{fold}.log"),
+    threads: res("probe_embeddings", "threads")
+    resources:
+        mem_mb=res("probe_embeddings", "mem_mb"),
+        runtime=res("probe_embeddings", "runtime"),
+    script:
+        "../../scripts/probe_embeddings.py"
+
+
+rule summarise_probes:
+    input:
+        probes=expand(out("probe", "fold_{fold}", "probe.json"), fold=FOLDS),
+    output:
+        table=report(out("probe", "summary.tsv"), caption="../report/probe_summary.rst",
+                     category="2. Self-supervised features"),
+        plot=report(out("probe", "summary.png"), caption="../report/probe_summary.rst",
+                    category="2. Self-supervised features"),
+    log:
+        out("logs", "summarise_probes", "all.log"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../../scripts/summarise_probes.py"
