@@ -35,12 +35,13 @@ from duvflow.ssl.model import Embedder, build_backbone, data_stats
 from duvflow.ssl.train import train_dino
 
 SIZES = {
-    "small": dict(backbone="vit_tiny_patch16_224",
-                  model_kwargs={"patch_size": 8, "embed_dim": 64, "depth": 3, "num_heads": 4, "mlp_ratio": 2.0},
-                  img_size=64, local_size=32, n_local=4, batch=32, head=(4096, 256, 64), patch=200,
-                  n_patches=640, embed_batch=64),
-    "paper": dict(backbone="vit_small_patch16_224", model_kwargs={}, img_size=224, local_size=96, n_local=8,
-                  batch=64, head=(65536, 2048, 256), patch=400, n_patches=4096, embed_batch=256),
+    "small": {"backbone": "vit_tiny_patch16_224",
+              "model_kwargs": {"patch_size": 8, "embed_dim": 64, "depth": 3, "num_heads": 4, "mlp_ratio": 2.0},
+              "img_size": 64, "local_size": 32, "n_local": 4, "batch": 32, "head": (4096, 256, 64), "patch": 200,
+              "n_patches": 640, "embed_batch": 64},
+    "paper": {"backbone": "vit_small_patch16_224", "model_kwargs": {}, "img_size": 224, "local_size": 96,
+              "n_local": 8, "batch": 64, "head": (65536, 2048, 256), "patch": 400, "n_patches": 4096,
+              "embed_batch": 256},
 }
 
 

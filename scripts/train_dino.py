@@ -8,7 +8,8 @@ from duvflow.ssl.train import train_dino
 
 with gpu_job(snakemake.resources) as job:  # gpu > 1: one data-parallel process per card
     job.launch(
-        train_dino, tables=snakemake.input.tables, stores=snakemake.input.stores, statuses=snakemake.input.statuses,
+        train_dino,
+        tables=snakemake.input.tables, stores=snakemake.input.stores, statuses=snakemake.input.statuses,
         splits=snakemake.input.splits, fold=snakemake.wildcards.fold, teacher=snakemake.output.teacher,
         teacher_config=snakemake.output.teacher_config, metrics=snakemake.output.metrics,
         plot=snakemake.output.plot, dino=snakemake.params.dino, seed=snakemake.params.seed,

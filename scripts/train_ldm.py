@@ -6,8 +6,9 @@ setup_logging(snakemake.log[0])
 from duvflow.gpu import gpu_job
 from duvflow.ldm.train import train_ldm
 
-with gpu_job(snakemake.resources):
-    train_ldm(
+with gpu_job(snakemake.resources) as job:  # gpu > 1: one data-parallel process per card
+    job.launch(
+        train_ldm,
         latents=snakemake.input.latents, vae=snakemake.input.vae, embeddings=snakemake.input.get("embeddings"),
         output=snakemake.output.model, checkpoint_dir=snakemake.params.checkpoint_dir,
         condition=snakemake.wildcards.cond, fold=snakemake.wildcards.fold, cfg=snakemake.params.ldm,

@@ -34,8 +34,23 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_distributed", "shutdown", "distributed", "wrap_model", "unwrap", "shard_batch",
-           "distributed_sampler", "all_reduce_mean", "barrier", "launch", "is_main_process"]
+__all__ = [
+    "DistContext",
+    "all_reduce_gradients",
+    "all_reduce_mean",
+    "barrier",
+    "distributed",
+    "distributed_sampler",
+    "init_distributed",
+    "is_main_process",
+    "launch",
+    "shard_batch",
+    "shard_batches",
+    "shard_tensors",
+    "shutdown",
+    "unwrap",
+    "wrap_model",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -45,7 +60,7 @@ class DistContext:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
-    device: torch.device = torch.device("cpu")
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None
 
     @property
@@ -131,13 +146,8 @@ def shard_batch(items: Sequence, ctx: DistContext) -> list:
     samples unequally in the averaged gradient).
     """
     items = list(items)
-    if not ctx.enabled:
-        return items
-    if len(items) % ctx.world_size:
-        raise ValueError(f"a batch of {len(items)} does not split evenly over {ctx.world_size} processes; "
-                         "choose a batch size divisible by the rule's gpu count")
-    b = len(items) // ctx.world_size
-    return items[ctx.rank * b:(ctx.rank + 1) * b]
+    lo, hi = _bounds(len(items), ctx)
+    return items[lo:hi]
 
 
 class _ShardedBatches:
@@ -157,6 +167,47 @@ class _ShardedBatches:
 def shard_batches(batch_sampler, ctx: DistContext):
     """A batch sampler of global batches -> one of this rank's shards (the sampler itself when alone)."""
     return _ShardedBatches(batch_sampler, ctx) if ctx.enabled else batch_sampler
+
+
+def shard_tensors(tensors: Sequence[torch.Tensor], ctx: DistContext) -> list[torch.Tensor]:
+    """This rank's contiguous part (along dim 0) of each tensor of a global batch.
+
+    For loops that draw the whole global batch from one generator on every rank (cheap for cached
+    latents and noise): every rank then trains on exactly its slice of the single-process batch.
+    """
+    lo, hi = _bounds(len(tensors[0]), ctx)
+    return [t[lo:hi] for t in tensors]
+
+
+def _bounds(n: int, ctx: DistContext) -> tuple[int, int]:
+    if not ctx.enabled:
+        return 0, n
+    if n % ctx.world_size:
+        raise ValueError(f"a batch of {n} does not split evenly over {ctx.world_size} processes; "
+                         "choose a batch size divisible by the rule's gpu count")
+    b = n // ctx.world_size
+    return ctx.rank * b, (ctx.rank + 1) * b
+
+
+def all_reduce_gradients(params: Sequence[torch.nn.Parameter], ctx: DistContext) -> None:
+    """Average the gradients of ``params`` over ranks (after ``backward``, before clipping/stepping).
+
+    The hand-written counterpart of DDP for loops that train several modules together: one flat
+    all-reduce; a parameter without a gradient on this rank counts as a zero gradient, so every
+    rank joins the same collective.
+    """
+    if not ctx.enabled:
+        return
+    trainable = [p for p in params if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in trainable]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= ctx.world_size
+    offset = 0
+    for p, g in zip(trainable, grads, strict=True):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
 
 
 def distributed_sampler(dataset, ctx: DistContext, *, shuffle: bool = True, seed: int = 0,

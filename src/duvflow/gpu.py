@@ -38,8 +38,15 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["GpuAllocationError", "GpuJob", "allocate_gpus", "gpu_job", "gpu_count", "candidate_ids",
-           "visible_gpu_count"]
+__all__ = [
+    "GpuAllocationError",
+    "GpuJob",
+    "allocate_gpus",
+    "candidate_ids",
+    "gpu_count",
+    "gpu_job",
+    "visible_gpu_count",
+]
 
 _log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import pandas as pd
 from duvflow.config import from_dict
 from duvflow.io import read_json, write_csv
 
-__all__ = ["SplitsConfig", "assign_folds", "make_splits", "check_no_leakage", "fold_seed"]
+__all__ = ["SplitsConfig", "assign_folds", "check_no_leakage", "fold_seed", "make_splits"]
 
 _log = logging.getLogger(__name__)
 ROLES = ("train", "val", "test")
@@ -81,7 +81,7 @@ def _pick_validation(candidates: np.ndarray, y: np.ndarray, cfg: SplitsConfig, r
                      fold) -> set[int]:
     """A stratified validation subset of ``candidates`` that keeps every label in training."""
     n = len(candidates)
-    desired = max(cfg.min_val_slides, int(round(cfg.val_fraction * n))) if cfg.val_fraction > 0 else 0
+    desired = max(cfg.min_val_slides, round(cfg.val_fraction * n)) if cfg.val_fraction > 0 else 0
     labels, per_label = np.unique(y[candidates], return_counts=True)
     # each label keeps at least one training slide: the training set must see every class
     caps = per_label - 1

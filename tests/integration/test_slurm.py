@@ -56,7 +56,7 @@ def slurm_cluster(tmp_path_factory):
     stop = [str(CLUSTER / "stop-local-slurm.sh")]
     try:
         start = subprocess.run([str(CLUSTER / "start-local-slurm.sh")], env=env, capture_output=True, text=True,
-                               timeout=600)
+                               timeout=600, check=False)
     except subprocess.TimeoutExpired:
         subprocess.run(stop, env=env, check=False)
         pytest.skip("the local SLURM cluster did not start within 10 min (package installation?)")
@@ -78,17 +78,20 @@ def _scontrol(job_id: str) -> dict[str, str]:
 def test_tiny_cohort_through_the_slurm_profile(slurm_cluster, tiny_run, tmp_path, record_property):
     workdir = tmp_path / "run"
     workdir.mkdir()
-    # the GPU rule asks for a card here (tests/config.yaml keeps every rule on the CPU)
-    overlay = tmp_path / "gpu.yaml"
-    overlay.write_text(yaml.safe_dump({"resources": {GPU_RULE: {"threads": 1, "mem_mb": 1500, "runtime": 10,
-                                                                "gpu": 1}}}))
+    # the GPU rule asks for a card here (tests/config.yaml keeps every rule on the CPU); one thread
+    # per tiling job lets two run at once on a 2-CPU node (resources never change outputs)
+    overlay = tmp_path / "resources.yaml"
+    overlay.write_text(yaml.safe_dump({"resources": {
+        GPU_RULE: {"threads": 1, "mem_mb": 1500, "runtime": 10, "gpu": 1},
+        "tile_slide": {"threads": 1, "mem_mb": 1500, "runtime": 10},
+    }}))
     env = dict(slurm_cluster, DUVFLOW_PROGRESS="0", DUVFLOW_SLURM_PARTITION="debug",
                DUVFLOW_SLURM_GPU_PARTITION="debug", DUVFLOW_SLURM_ACCOUNT="duvflow")
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(TEST_CONFIG), str(overlay), "--profile", str(ROOT / "profiles" / "slurm"),
            "--slurm-init-seconds-before-status-checks", "1", *TARGETS]
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900, check=False)
     wall = time.monotonic() - t0
     record_property("slurm_run_seconds", round(wall, 1))
     log = proc.stdout + proc.stderr
@@ -96,15 +99,17 @@ def test_tiny_cohort_through_the_slurm_profile(slurm_cluster, tiny_run, tmp_path
 
     # every job was submitted with sbatch and completed as a SLURM job
     submitted = re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)", log)
-    planned = int(re.search(r"^total\s+(\d+)", log, re.M).group(1))
+    planned = int(re.search(r"^total\s+(\d+)", log, re.MULTILINE).group(1))
     assert len(submitted) == planned > 0, log[-4000:]
     jobs = {}
     for _, slurm_id, slurm_log in submitted:
         info = _scontrol(slurm_id)
         assert info["JobState"] == "COMPLETED", info
-        rule = Path(slurm_log).relative_to(workdir / "results" / "logs" / "slurm").parts[0]
         assert Path(slurm_log).is_file(), slurm_log  # the profile keeps SLURM's job output
-        jobs[slurm_id] = (rule, info, Path(slurm_log).parent.name)
+        # <slurm-logdir>/rule_<rule>/<wildcard values>/<slurm job id>.log
+        rel = Path(slurm_log).relative_to(workdir / "results" / "logs" / "slurm")
+        assert rel.name == f"{slurm_id}.log", rel
+        jobs[slurm_id] = (rel.parts[0].removeprefix("rule_"), info, rel.parts[1:-1])
     rules = sorted({rule for rule, _, _ in jobs.values()})
     assert {"make_demo_slide", "tile_slide", "qc_cohort", "make_splits", GPU_RULE} <= set(rules), rules
 
@@ -114,7 +119,7 @@ def test_tiny_cohort_through_the_slurm_profile(slurm_cluster, tiny_run, tmp_path
         asked = "gpu" in info.get("TresPerJob", "")
         assert asked == (rule == GPU_RULE), (rule, info.get("TresPerJob"))
         if asked:
-            fold = re.search(r"fold=(\w+)", wildcards).group(1)
+            (fold,) = wildcards
             rule_log = (workdir / "results" / "logs" / GPU_RULE / f"fold_{fold}.log").read_text()
             got = re.search(r"GPU\(s\) (\S+) allocated \(from CUDA_VISIBLE_DEVICES", rule_log)
             assert got, rule_log[-2000:]

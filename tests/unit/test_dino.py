@@ -191,7 +191,7 @@ def test_student_loss_goes_down_on_fixed_targets(cohort, tmp_path):
 
 def test_training_outputs_reload_to_identical_embeddings(cohort, tmp_path):
     meta = _train(cohort, tmp_path)
-    model, saved = load_teacher(tmp_path / "teacher.safetensors", tmp_path / "teacher.json")
+    _, saved = load_teacher(tmp_path / "teacher.safetensors", tmp_path / "teacher.json")
     assert saved["fingerprint"] == meta["fingerprint"] and len(meta["fingerprint"]) == 32
     m = pd.read_csv(tmp_path / "metrics.csv")
     assert list(m.columns[:6]) == ["step", "epoch", "loss", "teacher_entropy", "kl", "embed_std"]

@@ -72,7 +72,7 @@ def test_embedding_parquet_schema_coverage_and_roles(trained, tmp_path):
 
 
 def test_embeddings_equal_the_teacher_applied_directly(trained, tmp_path):
-    root, tables, stores, _ = trained
+    root = trained[0]
     out = tmp_path / "e.parquet"
     _embed(trained, out, bf16=False)
     meta, x = read_embeddings(out)
@@ -142,8 +142,8 @@ def test_probe_reports_before_and_after(trained, tmp_path, caplog):
 
 def test_probe_separates_labels_on_separable_embeddings(tmp_path):
     # embeddings where the label is one coordinate: the probe must find it; the "initial" ones are noise
-    from duvflow.ssl.embed import embedding_table
     from duvflow.io import write_parquet
+    from duvflow.ssl.embed import embedding_table
 
     rng = np.random.default_rng(0)
     rows = []

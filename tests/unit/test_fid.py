@@ -14,8 +14,14 @@ from PIL import Image
 from duvflow.data import PatchDataset
 from duvflow.ldm import fidelity
 from duvflow.ldm.data import fold_training_patches
-from duvflow.ldm.fidelity import (extract_features, find_inception, frechet_distance, kernel_distance,
-                                  measure_fidelity, summarise_fidelity)
+from duvflow.ldm.fidelity import (
+    extract_features,
+    find_inception,
+    frechet_distance,
+    kernel_distance,
+    measure_fidelity,
+    summarise_fidelity,
+)
 
 torch.set_num_threads(1)
 
@@ -146,4 +152,4 @@ def test_plot_samples_pairs_the_arms(cohort):
     rows = select_rows(pd.read_parquet(root / "fig_ssl" / "manifest.parquet"), 4)
     assert (rows["label"].value_counts() == 2).all()
     assert set(rows["source_slide"]) <= {s for s, r in ROLES["0"].items() if r == "train"}
-    assert set(SLIDES[s] for s in rows["source_slide"]) == {"benign", "malignant"}
+    assert {SLIDES[s] for s in rows["source_slide"]} == {"benign", "malignant"}

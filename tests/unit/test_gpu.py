@@ -123,9 +123,8 @@ def test_slurm_jobs_lock_within_their_own_grant(tmp_path, monkeypatch):
         with allocate_gpus(1, timeout=0.2) as other_job:
             assert other_job.devices == ("0",)
         monkeypatch.setenv("SLURM_JOB_ID", "101")  # a second step of job 101 must wait
-        with pytest.raises(GpuAllocationError, match="held by 0: pid"):
-            with allocate_gpus(1, timeout=0.2):
-                pass
+        with pytest.raises(GpuAllocationError, match="held by 0: pid"), allocate_gpus(1, timeout=0.2):
+            pass
     finally:
         a_stop.touch()
         a.wait(20)
@@ -141,17 +140,19 @@ def test_gpu_zero_hides_every_card(fake_gpus):
 def test_no_visible_gpu_falls_back_to_cpu_with_warning(tmp_path, monkeypatch):
     monkeypatch.setenv("DUVFLOW_GPU_IDS", "")
     monkeypatch.setenv("DUVFLOW_GPU_LOCK_DIR", str(tmp_path))
-    with pytest.warns(RuntimeWarning, match="runs on the CPU"):
+    def run_job():
         with gpu_job({"gpu": 1}) as job:
-            assert job.devices == () and job.nproc == 1
-            assert job.launch(lambda x: x + 1, x=1) == 2
+            return job, job.launch(lambda x: x + 1, x=1)  # one process: a plain call
+
+    with pytest.warns(RuntimeWarning, match="runs on the CPU"):
+        job, result = run_job()
+    assert job.devices == () and job.nproc == 1 and result == 2
 
 
 def test_more_requested_than_visible_uses_what_there_is(fake_gpus):
     fake_gpus("0")
-    with pytest.warns(RuntimeWarning, match="only 1 are visible"):
-        with allocate_gpus(2) as job:
-            assert job.devices == ("0",)
+    with pytest.warns(RuntimeWarning, match="only 1 are visible"), allocate_gpus(2) as job:
+        assert job.devices == ("0",)
 
 
 def test_cuda_initialised_first_is_an_error(fake_gpus, monkeypatch):
@@ -159,9 +160,8 @@ def test_cuda_initialised_first_is_an_error(fake_gpus, monkeypatch):
 
     fake_gpus("0")
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-    with pytest.raises(GpuAllocationError, match="before any torch.cuda call"):
-        with allocate_gpus(1):
-            pass
+    with pytest.raises(GpuAllocationError, match="before any torch.cuda call"), allocate_gpus(1):
+        pass
 
 
 def test_concurrent_processes_never_share_and_third_waits_or_fails(fake_gpus, tmp_path):
@@ -172,7 +172,7 @@ def test_concurrent_processes_never_share_and_third_waits_or_fails(fake_gpus, tm
         got = {_wait_for(a_got, a), _wait_for(b_got, b)}
         assert got == {"0", "1"}, got
         # both cards taken: a third job with a short timeout fails, naming the holders
-        c, c_got, _ = _start(tmp_path, "c", 1, timeout=0.5)
+        c, _, _ = _start(tmp_path, "c", 1, timeout=0.5)
         assert c.wait(20) == 3
         err = (tmp_path / "c.got.err").read_text()
         assert "GpuAllocationError" in err and "no 1 free GPU" in err and "pid" in err

@@ -61,7 +61,7 @@ def test_ldm_training_loss_decreases(stage):
     metrics = pd.read_csv(out / "metrics.csv")
     assert metrics["step"].tolist() == list(range(5, LDM_CFG["steps"] + 1, 5))
     assert metrics["loss"].iloc[-2:].mean() < 0.8 * metrics["loss"].iloc[:2].mean()
-    unet, encoder, scheduler, meta = load_ldm(out)
+    _, encoder, scheduler, meta = load_ldm(out)
     assert encoder.config.kind == "ssl" and encoder.config.embed_dim == 16
     assert meta["latent_size"] == 16 and meta["steps"] == LDM_CFG["steps"]
     assert scheduler.config.prediction_type == "epsilon"

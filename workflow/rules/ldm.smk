@@ -33,11 +33,6 @@ rule train_vae:
         splits=out("splits.csv"),
     output:
         vae=directory(out("vae", "fold_{fold}")),
-    params:
-        vae=cfg("vae"),
-        seed=config["seed"],
-        # resumable checkpoints: undeclared, so a failed job's are kept for the rerun
-        checkpoint_dir=lambda wc: out("vae", f"fold_{wc.fold}.ckpt"),
     log:
         out("logs", "train_vae", "fold_{fold}.log"),
     benchmark:
@@ -47,6 +42,11 @@ rule train_vae:
         mem_mb=res("train_vae", "mem_mb"),
         runtime=res("train_vae", "runtime"),
         gpu=gpus("train_vae"),
+    params:
+        vae=cfg("vae"),
+        seed=config["seed"],
+        # resumable checkpoints: undeclared, so a failed job's are kept for the rerun
+        checkpoint_dir=lambda wc: out("vae", f"fold_{wc.fold}.ckpt"),
     script:
         "../../scripts/train_vae.py"
 
@@ -58,8 +58,6 @@ rule encode_latents:
         vae=out("vae", "fold_{fold}"),
     output:
         latents=out("latents", "fold_{fold}.h5"),
-    params:
-        vae=cfg("vae"),
     log:
         out("logs", "encode_latents", "fold_{fold}.log"),
     benchmark:
@@ -69,6 +67,8 @@ rule encode_latents:
         mem_mb=res("encode_latents", "mem_mb"),
         runtime=res("encode_latents", "runtime"),
         gpu=gpus("encode_latents"),
+    params:
+        vae=cfg("vae"),
     script:
         "../../scripts/encode_latents.py"
 
@@ -78,10 +78,6 @@ rule train_ldm:
         unpack(get_ldm_inputs),
     output:
         model=directory(out("ldm", "{cond}", "fold_{fold}")),
-    params:
-        ldm=cfg("ldm"),
-        seed=config["seed"],
-        checkpoint_dir=lambda wc: out("ldm", wc.cond, f"fold_{wc.fold}.ckpt"),
     log:
         out("logs", "train_ldm", "{cond}", "fold_{fold}.log"),
     benchmark:
@@ -91,6 +87,10 @@ rule train_ldm:
         mem_mb=res("train_ldm", "mem_mb"),
         runtime=res("train_ldm", "runtime"),
         gpu=gpus("train_ldm"),
+    params:
+        ldm=cfg("ldm"),
+        seed=config["seed"],
+        checkpoint_dir=lambda wc: out("ldm", wc.cond, f"fold_{wc.fold}.ckpt"),
     script:
         "../../scripts/train_ldm.py"
 
@@ -101,9 +101,6 @@ rule sample_ldm:
         model=out("ldm", "{cond}", "fold_{fold}"),
     output:
         synthetic=directory(out("synthetic", "{cond}", "fold_{fold}")),
-    params:
-        sampling=cfg("sampling"),
-        seed=config["seed"],
     log:
         out("logs", "sample_ldm", "{cond}", "fold_{fold}.log"),
     benchmark:
@@ -113,6 +110,9 @@ rule sample_ldm:
         mem_mb=res("sample_ldm", "mem_mb"),
         runtime=res("sample_ldm", "runtime"),
         gpu=gpus("sample_ldm"),
+    params:
+        sampling=cfg("sampling"),
+        seed=config["seed"],
     script:
         "../../scripts/sample_ldm.py"
 
@@ -126,9 +126,6 @@ rule measure_fidelity:
         teacher_config=out("dino", "fold_{fold}", "teacher.json"),
     output:
         report=out("fid", "{cond}", "fold_{fold}.json"),
-    params:
-        fidelity=cfg("fidelity"),
-        seed=config["seed"],
     log:
         out("logs", "measure_fidelity", "{cond}", "fold_{fold}.log"),
     benchmark:
@@ -138,6 +135,9 @@ rule measure_fidelity:
         mem_mb=res("measure_fidelity", "mem_mb"),
         runtime=res("measure_fidelity", "runtime"),
         gpu=gpus("measure_fidelity"),
+    params:
+        fidelity=cfg("fidelity"),
+        seed=config["seed"],
     script:
         "../../scripts/measure_fidelity.py"
 
@@ -155,21 +155,23 @@ rule plot_samples:
             subcategory="Samples",
             labels={"fold": "{fold}"},
         ),
-    params:
-        grid=config["fidelity"]["figure_grid"],
     log:
         out("logs", "plot_samples", "fold_{fold}.log"),
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        grid=config["fidelity"]["figure_grid"],
     script:
         "../../scripts/plot_samples.py"
 
 
 rule summarise_fidelity:
     input:
-        reports=expand(out("fid", "{cond}", "fold_{fold}.json"), cond=LDM_CONDS, fold=cv_folds()),
+        reports=expand(
+            out("fid", "{cond}", "fold_{fold}.json"), cond=LDM_CONDS, fold=cv_folds()
+        ),
     output:
         table=report(
             out("fid", "summary.csv"),

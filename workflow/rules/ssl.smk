@@ -30,16 +30,16 @@ rule make_splits:
         statuses=expand(out("tiles", "{slide}.json"), slide=SLIDES),
     output:
         splits=out("splits.csv"),
-    params:
-        splits=cfg("splits"),
-        labels=dict(zip(samples["slide_id"], samples["label"])),
-        seed=config["seed"],
     log:
         out("logs", "make_splits", "all.log"),
     threads: 1
     resources:
         mem_mb=500,
         runtime=5,
+    params:
+        splits=cfg("splits"),
+        labels=dict(zip(samples["slide_id"], samples["label"])),
+        seed=config["seed"],
     script:
         "../../scripts/make_splits.py"
 
@@ -60,11 +60,6 @@ rule train_dino:
             subcategory="DINO training",
             labels={"fold": "{fold}"},
         ),
-    params:
-        dino=cfg("dino"),
-        seed=config["seed"],
-        # resumable checkpoints: undeclared, so a failed job's are kept for the rerun
-        checkpoint_dir=lambda wc: out("dino", f"fold_{wc.fold}.ckpt"),
     log:
         out("logs", "train_dino", "fold_{fold}.log"),
     benchmark:
@@ -74,6 +69,11 @@ rule train_dino:
         mem_mb=res("train_dino", "mem_mb"),
         runtime=res("train_dino", "runtime"),
         gpu=gpus("train_dino"),
+    params:
+        dino=cfg("dino"),
+        seed=config["seed"],
+        # resumable checkpoints: undeclared, so a failed job's are kept for the rerun
+        checkpoint_dir=lambda wc: out("dino", f"fold_{wc.fold}.ckpt"),
     script:
         "../../scripts/train_dino.py"
 
@@ -86,8 +86,6 @@ rule embed_patches:
         teacher_config=out("dino", "fold_{fold}", "teacher.json"),
     output:
         embeddings=out("embeddings", "fold_{fold}.parquet"),
-    params:
-        embed=cfg("embed"),
     log:
         out("logs", "embed_patches", "fold_{fold}.log"),
     benchmark:
@@ -97,6 +95,8 @@ rule embed_patches:
         mem_mb=res("embed_patches", "mem_mb"),
         runtime=res("embed_patches", "runtime"),
         gpu=gpus("embed_patches"),
+    params:
+        embed=cfg("embed"),
     script:
         "../../scripts/embed_patches.py"
 
@@ -107,10 +107,6 @@ rule embed_initial:
         weights=ssl_weights,
     output:
         embeddings=out("embeddings", "initial.parquet"),
-    params:
-        dino=initial_backbone(),
-        embed=cfg("embed"),
-        seed=config["seed"],
     log:
         out("logs", "embed_initial", "all.log"),
     benchmark:
@@ -120,6 +116,10 @@ rule embed_initial:
         mem_mb=res("embed_patches", "mem_mb"),
         runtime=res("embed_patches", "runtime"),
         gpu=gpus("embed_patches"),
+    params:
+        dino=initial_backbone(),
+        embed=cfg("embed"),
+        seed=config["seed"],
     script:
         "../../scripts/embed_initial.py"
 
@@ -137,15 +137,15 @@ rule probe_embeddings:
             subcategory="Embedding projections",
             labels={"fold": "{fold}"},
         ),
-    params:
-        probe=cfg("probe"),
-        seed=config["seed"],
     log:
         out("logs", "probe_embeddings", "fold_{fold}.log"),
     threads: res("probe_embeddings", "threads")
     resources:
         mem_mb=res("probe_embeddings", "mem_mb"),
         runtime=res("probe_embeddings", "runtime"),
+    params:
+        probe=cfg("probe"),
+        seed=config["seed"],
     script:
         "../../scripts/probe_embeddings.py"
 
@@ -154,10 +154,16 @@ rule summarise_probes:
     input:
         probes=expand(out("probe", "fold_{fold}", "probe.json"), fold=FOLDS),
     output:
-        table=report(out("probe", "summary.tsv"), caption="../report/probe_summary.rst",
-                     category="2. Self-supervised features"),
-        plot=report(out("probe", "summary.png"), caption="../report/probe_summary.rst",
-                    category="2. Self-supervised features"),
+        table=report(
+            out("probe", "summary.tsv"),
+            caption="../report/probe_summary.rst",
+            category="2. Self-supervised features",
+        ),
+        plot=report(
+            out("probe", "summary.png"),
+            caption="../report/probe_summary.rst",
+            category="2. Self-supervised features",
+        ),
     log:
         out("logs", "summarise_probes", "all.log"),
     threads: 1

@@ -33,9 +33,10 @@ from duvflow.classifier.model import CLASSES, build_classifier
 from duvflow.classifier.predict import predict_probs
 from duvflow.config import from_dict
 from duvflow.data import attach_split, load_patch_index
+from duvflow.distributed import all_reduce_mean, init_distributed, shard_batches, wrap_model
 from duvflow.evaluate import roc_auc
 from duvflow.io import write_csv, write_json
-from duvflow.runtime import autocast, configure_threads, progress, seed_everything, select_device
+from duvflow.runtime import autocast, configure_threads, progress, seed_everything
 from duvflow.ssl.schedules import cosine_value
 
 __all__ = ["ClassifierConfig", "classifier_seed", "train_classifier"]
@@ -136,7 +137,9 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
     configure_threads(threads)
     run_seed = classifier_seed(seed, fold)
     seed_everything(run_seed)
-    device = select_device(cfg.device)
+    # one process, or one of several under torchrun (rule gpu > 1): the batch size stays global
+    ctx = init_distributed(cfg.device)
+    device = ctx.device
 
     # data: the fold's real training patches (+ synthetic set), validation patches, leakage check
     split = pd.read_csv(splits, dtype=str, keep_default_na=False)
@@ -161,6 +164,7 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
     # model, optimizer, loss
     model = build_classifier(cfg.model, img_size=cfg.img_size, weights=cfg.weights, hub=cfg.hub,
                              model_kwargs=cfg.model_kwargs).to(device)
+    model_ddp = wrap_model(model, ctx)  # training forward only; validation and saving use `model`
     from timm.optim import create_optimizer_v2
 
     optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -187,6 +191,8 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
         restore_rng_state(state["rng"])
 
     def save_checkpoint() -> None:
+        if not ctx.is_main:
+            return
         ckpt.save(step, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
                          "running": running, "best_key": list(best["key"]), "best_epoch": best["epoch"],
                          "best_state": best["state"], "rng": rng_state()})
@@ -199,7 +205,7 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
     for epoch in range(step // steps_per_epoch, cfg.epochs):
         batches = epoch_batches(train_set.labels, cfg.batch_size, seed=run_seed, epoch=epoch,
                                 balance=cfg.balance == "sampler")[step - epoch * steps_per_epoch:]
-        loader = DataLoader(train_set, batch_sampler=batches, num_workers=cfg.num_workers,
+        loader = DataLoader(train_set, batch_sampler=shard_batches(batches, ctx), num_workers=cfg.num_workers,
                             pin_memory=device.type == "cuda")
         for x, y in loader:
             lr = cosine_value(step, total_steps, cfg.lr, cfg.min_lr, warmup_steps, warmup_start=0.0)
@@ -207,7 +213,7 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
                 group["lr"] = lr
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, cfg.bf16):
-                logits = model(x)
+                logits = model_ddp(x)
             loss = loss_fn(logits.float(), y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"fold {fold} arm {arm}: loss is {loss.item()} at step {step}; "
@@ -218,7 +224,7 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             step += 1
-            running = [running[0] + float(loss.item()), running[1] + 1]
+            running = [running[0] + float(all_reduce_mean(loss.detach().float())), running[1] + 1]
             bar.update(1)
             bar.set_postfix(loss=f"{running[0] / running[1]:.4f}", lr=f"{lr:.2e}")
             if step % cfg.checkpoint_every == 0 and step % steps_per_epoch:
@@ -255,6 +261,8 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
         "selection": {k: best_row[k] for k in ("val_slide_auc", "val_slide_loss", "val_patch_loss")},
         "steps": step, "tiling": tiling, "config": dataclasses.asdict(cfg), "duvflow_version": __version__,
     }
+    if not ctx.is_main:  # every rank selected the same weights; rank 0 writes them
+        return meta
     save_weights(best["state"], model_output, metadata={"arm": arm, "fold": str(fold), "model": cfg.model})
     write_json(meta, meta_output)
     write_csv(pd.DataFrame(history), metrics_output)

@@ -7,4 +7,4 @@ Submodules: :mod:`.vae` (AutoencoderKL, latent cache), :mod:`.conditioning` (con
 Heavy imports (torch, diffusers) happen in the submodules, not here.
 """
 
-__all__ = ["config", "conditioning", "data", "vae", "train", "sample", "fidelity", "figures"]
+__all__ = ["conditioning", "config", "data", "fidelity", "figures", "sample", "train", "vae"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MetricsLog", "to_uint8", "save_grid", "run_metadata"]
+__all__ = ["MetricsLog", "run_metadata", "save_grid", "to_uint8"]
 
 
 class MetricsLog:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["VaeConfig", "LdmConfig", "SamplingConfig", "FidelityConfig"]
+__all__ = ["FidelityConfig", "LdmConfig", "SamplingConfig", "VaeConfig"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ import pandas as pd
 
 from duvflow.data import LABEL_TO_INT, attach_split, load_patch_index
 
-__all__ = ["fold_training_patches", "read_embeddings", "write_latent_store", "read_latent_store", "StepBatches"]
+__all__ = ["StepBatches", "fold_training_patches", "read_embeddings", "read_latent_store", "write_latent_store"]
 
 _log = logging.getLogger(__name__)
 EMBEDDING_COLUMNS = ("slide_id", "patch_index", "label", "role", "embedding")

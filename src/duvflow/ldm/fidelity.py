@@ -40,8 +40,16 @@ from duvflow.ldm.data import fold_training_patches
 from duvflow.runtime import configure_threads, progress, select_device
 from duvflow.splits import fold_seed
 
-__all__ = ["InceptionFeatures", "EmbedderFeatures", "find_inception", "extract_features", "frechet_distance",
-           "kernel_distance", "measure_fidelity", "summarise_fidelity"]
+__all__ = [
+    "EmbedderFeatures",
+    "InceptionFeatures",
+    "extract_features",
+    "find_inception",
+    "frechet_distance",
+    "kernel_distance",
+    "measure_fidelity",
+    "summarise_fidelity",
+]
 
 _log = logging.getLogger(__name__)
 FID_HELPER_FILE = "default_1.pt"

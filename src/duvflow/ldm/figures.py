@@ -18,7 +18,7 @@ import pandas as pd
 from duvflow.data import LABEL_TO_INT, PatchDataset, load_patch_index
 from duvflow.io import atomic_path
 
-__all__ = ["select_rows", "plot_samples"]
+__all__ = ["plot_samples", "select_rows"]
 
 _log = logging.getLogger(__name__)
 FRAME = {"benign": (40, 110, 230), "malignant": (220, 40, 40)}

@@ -31,7 +31,7 @@ from duvflow.ldm.data import read_embeddings, read_latent_store
 from duvflow.runtime import autocast, configure_threads, progress, select_device
 from duvflow.splits import fold_seed
 
-__all__ = ["cfg_combine", "guided_ddim", "synthetic_count", "plan_synthetic", "sample_images", "sample_synthetic"]
+__all__ = ["cfg_combine", "guided_ddim", "plan_synthetic", "sample_images", "sample_synthetic", "synthetic_count"]
 
 _log = logging.getLogger(__name__)
 INT_TO_LABEL = {v: k for k, v in LABEL_TO_INT.items()}
@@ -68,7 +68,7 @@ def synthetic_count(n_real: int, fraction: float) -> int:
     """Synthetic patches that make up ``fraction`` of real + synthetic: n_real * f / (1 - f)."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"synthetic fraction must be in [0, 1), got {fraction}")
-    return int(round(n_real * fraction / (1.0 - fraction)))
+    return round(n_real * fraction / (1.0 - fraction))
 
 
 def plan_synthetic(labels: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -29,16 +29,26 @@ import torch.nn.functional as F
 
 from duvflow.checkpoint import CheckpointManager, restore_rng_state, rng_state
 from duvflow.config import from_dict
+from duvflow.distributed import DistContext, all_reduce_gradients, all_reduce_mean, init_distributed, shard_tensors
 from duvflow.io import atomic_path, read_json, write_json
 from duvflow.ldm.common import MetricsLog, run_metadata, save_grid, to_uint8
 from duvflow.ldm.conditioning import ConditionEncoder, drop_mask
 from duvflow.ldm.config import LdmConfig
 from duvflow.ldm.data import StepBatches, read_embeddings, read_latent_store
-from duvflow.runtime import autocast, configure_threads, progress, seed_everything, select_device
+from duvflow.runtime import autocast, configure_threads, progress, seed_everything
 from duvflow.splits import fold_seed
 
-__all__ = ["CONDITIONS", "build_unet", "build_noise_scheduler", "training_conditions", "draw_batch", "training_step",
-           "train_ldm", "save_ldm", "load_ldm"]
+__all__ = [
+    "CONDITIONS",
+    "build_noise_scheduler",
+    "build_unet",
+    "draw_batch",
+    "load_ldm",
+    "save_ldm",
+    "train_ldm",
+    "training_conditions",
+    "training_step",
+]
 
 _log = logging.getLogger(__name__)
 CONDITIONS = ("ssl", "class")
@@ -114,8 +124,12 @@ def draw_batch(mean: torch.Tensor, std: torch.Tensor, conds: torch.Tensor, rows:
 
 
 def training_step(unet, encoder, noise_scheduler, optimizer, lr_scheduler, ema, params, batch, cfg: LdmConfig,
-                  device) -> torch.Tensor:
-    """One optimisation step (DDPM loss, clip, AdamW, schedule, EMA); returns the detached loss."""
+                  device, ctx: DistContext | None = None) -> torch.Tensor:
+    """One optimisation step (DDPM loss, clip, AdamW, schedule, EMA); returns the detached loss.
+
+    With several processes (``ctx``), ``batch`` is this rank's shard and the gradients are
+    averaged over ranks before clipping, so every rank takes the same step.
+    """
     z, noise, t, c, drop = (x.to(device, non_blocking=True) for x in batch)
     noisy = noise_scheduler.add_noise(z, noise, t)
     target = noise if cfg.prediction_type == "epsilon" else noise_scheduler.get_velocity(z, noise, t)
@@ -124,6 +138,8 @@ def training_step(unet, encoder, noise_scheduler, optimizer, lr_scheduler, ema, 
         pred = unet(noisy, t, context, return_dict=False)[0]
     loss = F.mse_loss(pred.float(), target.float())
     loss.backward()
+    if ctx is not None:
+        all_reduce_gradients(params, ctx)
     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     optimizer.step()
     lr_scheduler.step()
@@ -143,7 +159,9 @@ def train_ldm(*, latents: str, vae: str, output: str, checkpoint_dir: str, condi
     configure_threads(threads)
     seed = fold_seed(seed, fold)  # distinct per fold, shared by the two arms
     seed_everything(seed)
-    device = select_device(cfg.device)
+    # one process, or one of several under torchrun (rule gpu > 1): the batch size stays global
+    ctx = init_distributed(cfg.device)
+    device = ctx.device
 
     # data: latents are cached and scaled already; the condition comes with each latent
     store = read_latent_store(latents)
@@ -185,7 +203,8 @@ def train_ldm(*, latents: str, vae: str, output: str, checkpoint_dir: str, condi
         generator.set_state(state["generator"])
         restore_rng_state(state["rng"])
         start = int(state["step"])
-    metrics = MetricsLog(Path(checkpoint_dir) / "metrics.csv", ["step", "loss", "lr"], start)
+    # only rank 0 writes (metrics, grids, checkpoints, the output)
+    metrics = MetricsLog(Path(checkpoint_dir) / "metrics.csv", ["step", "loss", "lr"], start) if ctx.is_main else None
     grids = Path(checkpoint_dir) / "samples"
 
     def draw_grid(step: int) -> None:
@@ -212,11 +231,14 @@ def train_ldm(*, latents: str, vae: str, output: str, checkpoint_dir: str, condi
     running, n_running = 0.0, 0
     bar = progress(range(start, cfg.steps), total=cfg.steps, initial=start, desc=f"LDM {condition} fold {fold}")
     for step in bar:
-        batch = draw_batch(mean, std, conds, batches(step), cfg, generator)
+        # every rank draws the global batch (same generator) and trains on its shard of it
+        batch = shard_tensors(draw_batch(mean, std, conds, batches(step), cfg, generator), ctx)
         loss = training_step(unet, encoder, noise_scheduler, optimizer, lr_scheduler, ema, params, batch, cfg,
-                             device)
+                             device, ctx)
         done = step + 1
-        running, n_running = running + loss.item(), n_running + 1
+        running, n_running = running + all_reduce_mean(loss).item(), n_running + 1
+        if not ctx.is_main:  # every rank holds the same weights
+            continue
         if done % cfg.log_every == 0 or done == cfg.steps:
             metrics.log(step=done, loss=running / n_running, lr=lr_scheduler.get_last_lr()[0])
             bar.set_postfix(loss=f"{running / n_running:.4f}")
@@ -229,6 +251,8 @@ def train_ldm(*, latents: str, vae: str, output: str, checkpoint_dir: str, condi
                              "generator": generator.get_state(), "rng": rng_state()})
 
     # final save with the EMA weights
+    if not ctx.is_main:
+        return
     if cfg.grid_every:
         draw_grid(cfg.steps)
     ema.copy_to(params)

@@ -34,7 +34,7 @@ from duvflow.ldm.data import StepBatches, fold_training_patches, write_latent_st
 from duvflow.runtime import configure_threads, progress, seed_everything, select_device
 from duvflow.splits import fold_seed
 
-__all__ = ["build_vae", "load_vae", "train_vae", "encode_latents", "encode_images", "decode_latents"]
+__all__ = ["build_vae", "decode_latents", "encode_images", "encode_latents", "load_vae", "train_vae"]
 
 _log = logging.getLogger(__name__)
 REFERENCE_FILE = "pretrained.json"
@@ -109,7 +109,7 @@ def _to_diffusers_keys(state: dict, vae, path) -> dict:
 
     try:
         return convert_ldm_vae_checkpoint(state, dict(vae.config))
-    except Exception as err:  # the converter raises KeyErrors on foreign layouts
+    except (KeyError, IndexError, ValueError, RuntimeError) as err:  # the converter's errors on foreign layouts
         raise ValueError(f"VAE weights file {path}: neither diffusers nor LDM key layout ({err})") from None
 
 

@@ -432,4 +432,4 @@ def _render_message(slide_id: str, label: str, title: str, text: str):
 
 def _save_png(img, path) -> None:
     with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+        img.save(tmp, format="PNG", compress_level=3)

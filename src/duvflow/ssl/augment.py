@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-__all__ = ["AugmentConfig", "CropConfig", "MultiCropAugment", "random_resized_boxes", "crop_resize"]
+__all__ = ["AugmentConfig", "CropConfig", "MultiCropAugment", "crop_resize", "random_resized_boxes"]
 
 _GRAY = (0.299, 0.587, 0.114)
 _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["as_uint8_tensor", "collate_patches", "EpochBatchSampler", "to_device_float"]
+__all__ = ["EpochBatchSampler", "as_uint8_tensor", "collate_patches", "to_device_float"]
 
 
 def as_uint8_tensor(patch: np.ndarray) -> torch.Tensor:

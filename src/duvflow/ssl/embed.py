@@ -25,8 +25,14 @@ from duvflow.runtime import autocast, configure_threads, progress, select_device
 from duvflow.ssl.batches import as_uint8_tensor, collate_patches, to_device_float
 from duvflow.ssl.model import Embedder, build_backbone, data_stats, load_teacher
 
-__all__ = ["EmbedConfig", "compute_embeddings", "embed_patches", "embed_initial", "read_embeddings",
-           "embedding_table"]
+__all__ = [
+    "EmbedConfig",
+    "compute_embeddings",
+    "embed_initial",
+    "embed_patches",
+    "embedding_table",
+    "read_embeddings",
+]
 
 _log = logging.getLogger(__name__)
 META_COLUMNS = ["slide_id", "patch_index", "x", "y", "label"]

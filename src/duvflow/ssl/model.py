@@ -18,7 +18,7 @@ from duvflow.backbone import create_backbone
 from duvflow.io import read_json
 from duvflow.ssl.head import Normalize
 
-__all__ = ["POOLING", "build_backbone", "backbone_kwargs", "data_stats", "load_teacher", "Embedder", "fingerprint"]
+__all__ = ["POOLING", "Embedder", "backbone_kwargs", "build_backbone", "data_stats", "fingerprint", "load_teacher"]
 
 _log = logging.getLogger(__name__)
 POOLING = {"cls": "token", "mean": "avg"}  # config name -> timm global_pool

@@ -23,7 +23,7 @@ from duvflow.data import LABEL_TO_INT
 from duvflow.io import atomic_path, read_json, write_csv, write_json
 from duvflow.ssl.embed import read_embeddings
 
-__all__ = ["ProbeConfig", "probe_embeddings", "fit_probes", "summarise_probes"]
+__all__ = ["ProbeConfig", "fit_probes", "probe_embeddings", "summarise_probes"]
 
 _log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def probe_embeddings(*, embeddings: str | os.PathLike, initial: str | os.PathLik
         train_idx = np.sort(rng.choice(train_idx, cfg.max_train_patches, replace=False))
     eval_idx = np.flatnonzero(role == eval_role)
     result = {
-        "fold": str(fold), "eval_role": eval_role, "n_train": int(len(train_idx)), "n_eval": int(len(eval_idx)),
+        "fold": str(fold), "eval_role": eval_role, "n_train": len(train_idx), "n_eval": len(eval_idx),
         "n_train_slides": int(meta["slide_id"].iloc[train_idx].nunique()),
         "n_eval_slides": int(meta["slide_id"].iloc[eval_idx].nunique()), "embed_dim": int(x_ft.shape[1]),
     }

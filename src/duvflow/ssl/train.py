@@ -25,8 +25,8 @@ import torch
 from duvflow import __version__
 from duvflow.checkpoint import CheckpointManager, restore_rng_state, rng_state, save_weights
 from duvflow.config import from_dict
-from duvflow.distributed import all_reduce_mean, init_distributed, shard_batches, wrap_model
 from duvflow.data import PatchDataset, attach_split, load_patch_index
+from duvflow.distributed import all_reduce_mean, init_distributed, shard_batches, wrap_model
 from duvflow.io import atomic_path, write_csv, write_json
 from duvflow.runtime import autocast, configure_threads, progress, seed_everything
 from duvflow.splits import fold_seed
@@ -37,7 +37,7 @@ from duvflow.ssl.loss import DINOLoss
 from duvflow.ssl.model import Embedder, backbone_kwargs, build_backbone, data_stats, fingerprint
 from duvflow.ssl.schedules import cosine_schedule, warmup_constant_schedule
 
-__all__ = ["DinoConfig", "HeadConfig", "train_dino", "plot_metrics", "CollapseMonitor", "METRIC_COLUMNS"]
+__all__ = ["METRIC_COLUMNS", "CollapseMonitor", "DinoConfig", "HeadConfig", "plot_metrics", "train_dino"]
 
 _log = logging.getLogger(__name__)
 
@@ -65,9 +65,9 @@ class DinoConfig:
     img_size: int = 224
     pooling: str = "cls"
     drop_path_rate: float = 0.1
-    head: HeadConfig = HeadConfig()
-    crops: CropConfig = CropConfig()
-    augment: AugmentConfig = AugmentConfig()
+    head: HeadConfig = field(default_factory=HeadConfig)
+    crops: CropConfig = field(default_factory=CropConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     epochs: int = 30
     batch_size: int = 64
     lr: float = 5e-4
@@ -239,13 +239,13 @@ def train_dino(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequen
     augment = MultiCropAugment(cfg.img_size, cfg.crops, cfg.augment)
 
     # schedules, per step
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
     lr_sched = cosine_schedule(cfg.lr * cfg.batch_size / 256.0, cfg.min_lr, total, warmup)
     wd_sched = cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, total)
     mom_sched = cosine_schedule(cfg.momentum_teacher, 1.0, total)
     temp_sched = warmup_constant_schedule(cfg.warmup_teacher_temp, cfg.teacher_temp, total,
-                                          int(round(cfg.warmup_teacher_temp_epochs * steps_per_epoch)))
-    freeze_last = int(round(cfg.freeze_last_layer_epochs * steps_per_epoch))
+                                          round(cfg.warmup_teacher_temp_epochs * steps_per_epoch))
+    freeze_last = round(cfg.freeze_last_layer_epochs * steps_per_epoch)
 
     # resume
     run_config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RUNTIME_KEYS}
