@@ -87,6 +87,13 @@ def _peak_rss_mb() -> float:
 
 def _run_tiling(slide: str, out: str, patch: int, compression: str, threads: int, q) -> None:
     os.environ["DUVFLOW_PROGRESS"] = "0"
+    # libraries are imported before the clock starts, as in the bare-read process
+    import h5py  # noqa: F401
+    import imagecodecs  # noqa: F401
+    import openslide  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+    from PIL import Image  # noqa: F401
+
     from duvflow.slides.tiling import tile_slide
 
     for old in Path(out).glob("bench.*"):  # as Snakemake does before a job: no overwriting in place

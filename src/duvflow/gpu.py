@@ -14,6 +14,8 @@ SLURM the job's ``CUDA_VISIBLE_DEVICES`` is what SLURM granted; locks are then k
 id, so a job submitted on its own simply takes its devices, while a local Snakemake run inside one
 multi-GPU allocation still divides the allocation among its jobs. A job that asks for GPUs when
 none is visible runs on the CPU with a warning; a job with ``gpu=0`` gets all cards hidden.
+Inside an allocation (a nested call, or the torchrun workers a job starts) the cards already
+claimed are reused, not claimed twice.
 
 Environment: ``DUVFLOW_GPU_LOCK_DIR`` (lock directory, default ``$TMPDIR/duvflow-gpu-locks``),
 ``DUVFLOW_GPU_TIMEOUT`` (seconds to wait for free cards, default one day).
@@ -114,7 +116,10 @@ def gpu_count(resources: Any) -> int:
 def candidate_ids(environ: Mapping[str, str] | None = None) -> tuple[list[str], str]:
     """Device ids this process may use and where they came from."""
     env = os.environ if environ is None else environ
-    for var in ("DUVFLOW_GPU_IDS", "CUDA_VISIBLE_DEVICES"):
+    order = ("DUVFLOW_GPU_IDS", "CUDA_VISIBLE_DEVICES")
+    if env.get("SLURM_JOB_ID") and "CUDA_VISIBLE_DEVICES" in env:
+        order = order[::-1]  # what SLURM granted beats ids exported from the submitting shell
+    for var in order:
         if var in env:
             # "-1" or "" hide every card (a CUDA convention); "NoDevFiles" is what SLURM writes
             # when a job has a gres but no device files.

@@ -1,27 +1,33 @@
-"""Data-parallel training: 2 gloo processes on the CPU train the same model as 1 process with the
-same global batch (gradients averaged over ranks, statistics and metrics all-reduced, rank 0 writes).
+"""Data-parallel training: 2 gloo processes on the CPU train the same models as 1 process with the
+same global batch (gradients averaged over ranks, statistics and metrics all-reduced, rank 0
+writes), for the three trainers that support it: DINO, the classifier and the LDM.
 
-DINO: the augmentation is switched to a deterministic resize and stochastic depth off, so both runs
-see identical views. The classifier seeds its augmentation per sample, so it runs as configured.
-Any difference would come from the distributed mechanics themselves.
+DINO's augmentation is switched to a deterministic resize and stochastic depth off, so both runs
+see identical views; the classifier seeds its augmentation per sample and the LDM draws the global
+batch's noise on every rank, so they run as configured. Any difference between the runs would
+come from the distributed mechanics themselves.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from duvflow.classifier.train import train_classifier
 from duvflow.gpu import GpuJob
+from duvflow.ldm.vae import encode_latents, train_vae
 from duvflow.splits import make_splits
-from duvflow.ssl.train import train_dino
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "unit"))
+import ldm_testdata
+from ddp_targets import train_all
 from ssl_cohort import labels_for, make_cohort, tiny_dino
 
 pytestmark = pytest.mark.slow
@@ -31,75 +37,102 @@ DETERMINISTIC_VIEWS = {
     "augment": {"hflip_p": 0, "vflip_p": 0, "rot90": False, "jitter_p": 0, "grayscale_p": 0,
                 "blur_p_global": [0, 0], "blur_p_local": 0, "solarize_p": 0},
 }
+CLASSIFIER = {"model": "vit_base_patch16_224", "img_size": 32, "epochs": 2, "batch_size": 8, "lr": 2e-3,
+              "model_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0},
+              "warmup_epochs": 0.5, "num_workers": 0, "checkpoint_every": 2, "bf16": False, "device": "cpu"}
+CLOSE = {"rtol": 1e-4, "atol": 1e-5}
 
 
-ONE, TWO = GpuJob(devices=(), requested=1), GpuJob(devices=("0", "1"), requested=2)
+def _runs(data: dict, out: Path) -> list[tuple[str, dict]]:
+    """The three trainings, writing under ``out``."""
+    root, tables, stores, statuses = data["ssl"]
+    cohort = {"tables": tables, "stores": stores, "statuses": statuses, "splits": str(root / "splits.csv")}
+    dino = tiny_dino(epochs=2, batch_size=8, lr=0.01, drop_path_rate=0.0, bf16=False, device="cpu",
+                     checkpoint_every=4, **DETERMINISTIC_VIEWS)
+    ldm = {**ldm_testdata.LDM_CFG, "steps": 8, "log_every": 1, "checkpoint_every": 4, "device": "cpu"}
+    return [
+        ("dino", dict(**cohort, fold="0", teacher=str(out / "dino" / "teacher.safetensors"),
+                      teacher_config=str(out / "dino" / "teacher.json"), metrics=str(out / "dino" / "metrics.csv"),
+                      dino=dino, seed=1, checkpoint_dir=str(out / "dino.ckpt"), threads=2, num_workers=0)),
+        ("classifier", dict(**cohort, fold="0", arm="real", model_output=str(out / "clf" / "model.safetensors"),
+                            meta_output=str(out / "clf" / "model.json"),
+                            metrics_output=str(out / "clf" / "metrics.csv"), checkpoint_dir=str(out / "clf.ckpt"),
+                            config=CLASSIFIER, seed=3, threads=2)),
+        ("ldm", {"latents": data["latents"], "vae": data["vae"], "output": str(out / "ldm"),
+                 "checkpoint_dir": str(out / "ldm.ckpt"), "condition": "ssl", "fold": "0", "cfg": ldm, "seed": 5,
+                 "embeddings": data["embeddings"], "threads": 2}),
+    ]
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cohort")
+def runs(tmp_path_factory):
+    """Inputs, then the single-process runs (in this process) and the 2-process runs (torchrun)."""
+    root = tmp_path_factory.mktemp("ddp")
     labels = labels_for(3, 3)
-    tables, stores, statuses = make_cohort(root, labels, n_patches=16, size=32, seed=0)
-    make_splits(statuses=statuses, labels=labels, output=root / "splits.csv", splits={"n_folds": 2}, seed=1)
-    return root, tables, stores, statuses
+    tables, stores, statuses = make_cohort(root / "ssl", labels, n_patches=16, size=32, seed=0)
+    make_splits(statuses=statuses, labels=labels, output=root / "ssl" / "splits.csv", splits={"n_folds": 2}, seed=1)
+    ldm_root = root / "ldm"
+    ldm_cohort = ldm_testdata.make_cohort(ldm_root)
+    train_vae(**ldm_cohort, fold="0", output=str(ldm_root / "vae"), checkpoint_dir=str(ldm_root / "vae.ckpt"),
+              cfg={**ldm_testdata.VAE_CFG, "steps": 2}, seed=11)
+    encode_latents(vae=str(ldm_root / "vae"), **ldm_cohort, fold="0", output=str(ldm_root / "latents.h5"),
+                   cfg=ldm_testdata.VAE_CFG)
+    data = {"ssl": (root / "ssl", tables, stores, statuses), "vae": str(ldm_root / "vae"),
+            "latents": str(ldm_root / "latents.h5"), "embeddings": ldm_testdata.make_embeddings(ldm_root, "0")}
+
+    single = train_all(_runs(data, root / "one"))
+    # what a rule with gpu=2 does with its two cards: torchrun, one worker per card (gloo on the CPU)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PYTHONPATH", os.pathsep.join([str(HERE), str(HERE.parent / "unit"), os.environ.get("PYTHONPATH", "")]))
+    try:
+        double = GpuJob(devices=("0", "1"), requested=2).launch(train_all, runs=_runs(data, root / "two"))
+    finally:
+        mp.undo()
+    return {"one": root / "one", "two": root / "two", "single": single, "double": double}
 
 
-def _run(job: GpuJob, cohort, out: Path, dino: dict):
-    root, tables, stores, statuses = cohort
-    return job.launch(train_dino, tables=tables, stores=stores, statuses=statuses, splits=str(root / "splits.csv"),
-                      fold="0", teacher=str(out / "teacher.safetensors"), teacher_config=str(out / "teacher.json"),
-                      metrics=str(out / "metrics.csv"), dino=dino, seed=1, checkpoint_dir=str(out / "ckpt"),
-                      threads=2, num_workers=0)
+def _close(a, b):
+    def as_tensor(x):
+        return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x))  # a writable copy
+
+    torch.testing.assert_close(as_tensor(a), as_tensor(b), **CLOSE)
 
 
-@pytest.mark.timeout(300)
-def test_dino_two_processes_follow_the_single_process_loss_trajectory(cohort, tmp_path):
-    dino = tiny_dino(epochs=2, batch_size=8, lr=0.01, drop_path_rate=0.0, bf16=False, device="cpu",
-                     checkpoint_every=4, **DETERMINISTIC_VIEWS)
+def _same_weights(path_a: Path, path_b: Path):
+    a, b = load_file(path_a), load_file(path_b)
+    assert a.keys() == b.keys()
+    for k in a:
+        _close(a[k], b[k])
 
-    single = _run(ONE, cohort, tmp_path / "one", dino)
-    # what a rule with gpu=2 does with its two cards: torchrun, one worker each (gloo on the CPU)
-    double = _run(TWO, cohort, tmp_path / "two", dino)
 
-    one = pd.read_csv(tmp_path / "one" / "metrics.csv")
-    two = pd.read_csv(tmp_path / "two" / "metrics.csv")
-    assert len(one) == len(two) == 2 * (32 // 8)  # 32 training patches (fold 0: 2 slides x 16), batches of 8
+def test_dino_follows_the_single_process_loss_trajectory(runs):
+    one = pd.read_csv(runs["one"] / "dino" / "metrics.csv")
+    two = pd.read_csv(runs["two"] / "dino" / "metrics.csv")
+    assert len(one) == len(two) == 2 * (32 // 8)  # fold 0: 2 training slides x 16 patches, batches of 8
     assert one["loss"].std() > 1e-3, "the loss must move for the comparison to mean anything"
-    torch.testing.assert_close(torch.tensor(two["loss"].to_numpy()), torch.tensor(one["loss"].to_numpy()),
-                               rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(torch.tensor(two["teacher_entropy"].to_numpy()),
-                               torch.tensor(one["teacher_entropy"].to_numpy()), rtol=1e-4, atol=1e-5)
-    # same teacher weights at the end (EMA of identical students)
-    w1, w2 = load_file(tmp_path / "one" / "teacher.safetensors"), load_file(tmp_path / "two" / "teacher.safetensors")
-    assert w1.keys() == w2.keys()
-    for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
-    # rank 0's result reaches the job; only rank 0 wrote (and cleared its checkpoints at the end)
-    assert double["steps"] == single["steps"] == len(one)
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    _close(two["loss"].to_numpy(), one["loss"].to_numpy())
+    _close(two["teacher_entropy"].to_numpy(), one["teacher_entropy"].to_numpy())
+    _same_weights(runs["one"] / "dino" / "teacher.safetensors", runs["two"] / "dino" / "teacher.safetensors")
+    # rank 0's result came back to the job; only rank 0 wrote, and it cleared its checkpoints
+    assert runs["double"][0]["steps"] == runs["single"][0]["steps"] == len(one)
+    assert not any((runs["two"] / "dino.ckpt").glob("checkpoint-*"))
 
 
-@pytest.mark.timeout(300)
-def test_classifier_two_processes_train_the_single_process_model(cohort, tmp_path):
-    root, tables, stores, statuses = cohort
-    config = {"model": "vit_base_patch16_224", "img_size": 32, "epochs": 2, "batch_size": 8, "lr": 2e-3,
-              "model_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0},
-              "warmup_epochs": 0.5, "num_workers": 0, "checkpoint_every": 2, "bf16": False, "device": "cpu"}
-
-    def run(job, out):
-        return job.launch(train_classifier, tables=tables, stores=stores, statuses=statuses,
-                          splits=str(root / "splits.csv"), fold="0", arm="real",
-                          model_output=str(out / "model.safetensors"), meta_output=str(out / "model.json"), metrics_output=str(out / "metrics.csv"),
-                          checkpoint_dir=str(out) + ".ckpt", config=config, seed=3, threads=2)
-
-    single, double = run(ONE, tmp_path / "one"), run(TWO, tmp_path / "two")
-    one, two = pd.read_csv(tmp_path / "one" / "metrics.csv"), pd.read_csv(tmp_path / "two" / "metrics.csv")
+def test_classifier_trains_the_single_process_model(runs):
+    one = pd.read_csv(runs["one"] / "clf" / "metrics.csv")
+    two = pd.read_csv(runs["two"] / "clf" / "metrics.csv")
     assert len(one) == len(two) == 2
     for col in ("train_loss", "val_patch_loss"):
-        torch.testing.assert_close(torch.tensor(two[col].to_numpy()), torch.tensor(one[col].to_numpy()),
-                                   rtol=1e-4, atol=1e-5)
-    w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
-    for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
-    assert double["selected_epoch"] == single["selected_epoch"] and double["steps"] == single["steps"]
+        _close(two[col].to_numpy(), one[col].to_numpy())
+    _same_weights(runs["one"] / "clf" / "model.safetensors", runs["two"] / "clf" / "model.safetensors")
+    assert runs["double"][1]["selected_epoch"] == runs["single"][1]["selected_epoch"]
+
+
+def test_ldm_follows_the_single_process_loss_trajectory(runs):
+    one = pd.read_csv(runs["one"] / "ldm" / "metrics.csv")
+    two = pd.read_csv(runs["two"] / "ldm" / "metrics.csv")
+    assert len(one) == len(two) == 8
+    _close(two["loss"].to_numpy(), one["loss"].to_numpy())
+    for part in ("unet", "condition"):
+        _same_weights(runs["one"] / "ldm" / part / "diffusion_pytorch_model.safetensors",
+                      runs["two"] / "ldm" / part / "diffusion_pytorch_model.safetensors")

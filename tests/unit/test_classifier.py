@@ -261,3 +261,21 @@ def test_synthetic_set_errors_name_the_problem(tmp_path):
     pd.DataFrame({"file": ["00000.png"], "label": ["benign"]}).to_parquet(folder / "manifest.parquet")
     with pytest.raises(ValueError, match="source_slide"):
         load_synthetic(folder)
+
+
+def test_preloaded_images_equal_streamed_ones(cohort):
+    from duvflow.classifier.data import AugmentConfig
+    from duvflow.data import load_patch_index
+
+    index = load_patch_index(cohort["tables"][:2], cohort["stores"][:2], cohort["statuses"][:2])
+    synth = _synthetic(cohort["root"] / "syn", ["tr_b1", "tr_m1"], np.random.default_rng(1))
+    from duvflow.classifier.data import load_synthetic
+
+    streamed = PatchImages(index, load_synthetic(synth), 32, AugmentConfig())
+    cached = PatchImages(index, load_synthetic(synth), 32, AugmentConfig()).preload()
+    assert len(streamed) == len(cached) == 26
+    for key in [0, 5, 24, 25, (3, 77), (25, 5)]:
+        a, la = streamed[key]
+        b, lb = cached[key]
+        assert la == lb and a.shape == (3, 32, 32)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

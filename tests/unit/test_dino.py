@@ -255,6 +255,9 @@ def test_collapse_monitor_warns_once(caplog):
             mon.update(step, embed_std=0.001, entropy=math.log(64), kl=1e-6)
     assert mon.warned == ["embeddings", "uniform"]
     assert sum("COLLAPSE" in r.message for r in caplog.records) == 2
+    weak = CollapseMonitor(out_dim=64, min_std=0.05, start_step=0, smoothing=0.0)
+    weak.update(3, embed_std=0.3, entropy=0.995 * math.log(64), kl=0.1)
+    assert weak.warned == ["near-uniform"]
     healthy = CollapseMonitor(out_dim=64, min_std=0.05, start_step=0, smoothing=0.0)
     healthy.update(10, embed_std=0.5, entropy=2.0, kl=0.3)
     assert healthy.warned == []

@@ -78,6 +78,8 @@ def test_candidate_ids_order_and_hiding():
     assert candidate_ids({"DUVFLOW_GPU_IDS": "2,3", "CUDA_VISIBLE_DEVICES": "0"}) == (["2", "3"], "DUVFLOW_GPU_IDS")
     assert candidate_ids({"CUDA_VISIBLE_DEVICES": "GPU-ab12, 1"}) == (["GPU-ab12", "1"], "CUDA_VISIBLE_DEVICES")
     assert candidate_ids({"CUDA_VISIBLE_DEVICES": ""})[0] == []
+    slurm = {"SLURM_JOB_ID": "7", "CUDA_VISIBLE_DEVICES": "1", "DUVFLOW_GPU_IDS": "0,1,2"}
+    assert candidate_ids(slurm) == (["1"], "CUDA_VISIBLE_DEVICES")  # SLURM's grant wins
     assert candidate_ids({"CUDA_VISIBLE_DEVICES": "-1"})[0] == []
     assert candidate_ids({"CUDA_VISIBLE_DEVICES": "NoDevFiles"})[0] == []
 

@@ -53,7 +53,28 @@ def test_vae_training_output(stage):
     assert metrics["step"].tolist() == list(range(1, VAE_CFG["steps"] + 1))
     assert np.isfinite(metrics["loss"]).all()
     assert vae.config.scaling_factor > 0 and vae.config.scaling_factor != 1.0  # estimated from the latents
-    assert (stage["root"] / "vae.ckpt" / "checkpoint-00000003.pt").is_file()
+    assert not (stage["root"] / "vae.ckpt").exists()  # removed once the model is saved
+
+
+def test_vae_resumes_after_interruption(stage, monkeypatch):
+    root, original = stage["root"], CheckpointManager.save
+
+    def save_then_die(self, step, state):
+        original(self, step, state)
+        raise KeyboardInterrupt("simulated time-out")
+
+    kw = {**stage["cohort"], "fold": "0", "output": str(root / "vae2"), "checkpoint_dir": str(root / "vae2.ckpt"),
+          "cfg": VAE_CFG, "seed": SEED}
+    monkeypatch.setattr(CheckpointManager, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_vae(**kw)
+    assert not (root / "vae2").exists() and (root / "vae2.ckpt" / "checkpoint-00000003.pt").is_file()
+    monkeypatch.setattr(CheckpointManager, "save", original)
+    train_vae(**kw)
+    resumed, reference = load_vae(root / "vae2"), load_vae(stage["vae"])
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert resumed.config.scaling_factor == pytest.approx(reference.config.scaling_factor)
 
 
 def test_ldm_training_loss_decreases(stage):
@@ -86,6 +107,7 @@ def test_resume_after_interruption_continues_to_the_same_model(stage, monkeypatc
     assert "resuming from" in caplog.text and "step 20" in caplog.text
     metrics = pd.read_csv(out / "metrics.csv")
     assert metrics["step"].tolist() == list(range(5, LDM_CFG["steps"] + 1, 5))  # each step once
+    assert not (stage["root"] / "ldm" / "resumed.ckpt").exists()
     ref_unet, ref_enc, _, _ = load_ldm(reference)
     unet, enc, _, _ = load_ldm(out)
     for a, b in zip(ref_unet.state_dict().values(), unet.state_dict().values(), strict=True):

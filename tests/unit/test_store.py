@@ -90,3 +90,31 @@ def test_failed_write_leaves_nothing(tmp_path):
         w.write(0, np.zeros((8, 8, 3), np.uint8), (0, 0))
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_adaptive_compression_stops_trying_when_it_does_not_pay(tmp_path):
+    rng = np.random.default_rng(1)
+
+    def poor():  # ~6% zeros: LZF saves a little, not enough to pay for itself
+        p = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        p[:2] = 0
+        return p
+
+    flat = np.zeros((32, 32, 3), np.uint8)
+    patches = [poor() for _ in range(40)] + [flat] * 20
+    with PatchStoreWriter(tmp_path / "a.h5", len(patches), 32, compression="lzf") as w:
+        for i, p in enumerate(patches):
+            w.write(i, p, (i, 0))
+    with PatchStoreWriter(tmp_path / "b.h5", len(patches), 32, compression="lzf", adaptive=False) as w:
+        for i, p in enumerate(patches):
+            w.write(i, p, (i, 0))
+    with h5py.File(tmp_path / "a.h5") as fa, h5py.File(tmp_path / "b.h5") as fb:
+        masks_a = [fa["patches"].id.get_chunk_info(i).filter_mask for i in range(len(patches))]
+        masks_b = [fb["patches"].id.get_chunk_info(i).filter_mask for i in range(len(patches))]
+    assert masks_b == [0] * len(patches)  # compression always tried (and kept: it shrank a little)
+    assert masks_a[:16] == [0] * 16  # tried while it might pay
+    assert sum(masks_a[16:40]) >= 20  # then mostly not tried
+    assert masks_a[-10:] == [0] * 10  # a probe found compressible patches again
+    a, b = PatchStore(tmp_path / "a.h5"), PatchStore(tmp_path / "b.h5")
+    assert np.array_equal(a.read_many(range(len(a))), np.stack(patches))
+    assert np.array_equal(b.read_many(range(len(b))), np.stack(patches))

@@ -15,12 +15,6 @@ rule train_classifier:
             subcategory="Training",
             labels={"arm": "{arm}", "fold": "{fold}", "table": "training per epoch"},
         ),
-    params:
-        classifier=cfg("classifier"),
-        tiling=cfg("tiling"),
-        seed=config["seed"],
-        # resumable checkpoints: undeclared, so a failed job's are kept for the rerun
-        checkpoint_dir=lambda wc: out("classifier", wc.arm, f"fold_{wc.fold}.ckpt"),
     log:
         out("logs", "train_classifier", "{arm}", "fold_{fold}.log"),
     benchmark:
@@ -30,6 +24,12 @@ rule train_classifier:
         mem_mb=res("train_classifier", "mem_mb"),
         runtime=res("train_classifier", "runtime"),
         gpu=gpus("train_classifier"),
+    params:
+        classifier=cfg("classifier"),
+        tiling=cfg("tiling"),
+        seed=config["seed"],
+        # resumable checkpoints: undeclared, so a failed job's are kept for the rerun
+        checkpoint_dir=lambda wc: out("classifier", wc.arm, f"fold_{wc.fold}.ckpt"),
     script:
         "../../scripts/train_classifier.py"
 
@@ -42,9 +42,6 @@ rule predict_tiles:
         splits=out("splits.csv"),
     output:
         patches=out("predictions", "{arm}", "fold_{fold}", "patches.parquet"),
-    params:
-        classifier=cfg("classifier"),
-        model_dir=lambda wc, input: os.path.dirname(input.model),
     log:
         out("logs", "predict_tiles", "{arm}", "fold_{fold}.log"),
     benchmark:
@@ -54,6 +51,9 @@ rule predict_tiles:
         mem_mb=res("predict_tiles", "mem_mb"),
         runtime=res("predict_tiles", "runtime"),
         gpu=gpus("predict_tiles"),
+    params:
+        classifier=cfg("classifier"),
+        model_dir=lambda wc, input: os.path.dirname(input.model),
     script:
         "../../scripts/predict_tiles.py"
 
@@ -83,9 +83,6 @@ rule predict_new_slides:
         meta=out("deploy", "{arm}", "model.json"),
     output:
         folder=directory(out("deploy", "{arm}", "new_slides")),
-    params:
-        model_dir=lambda wc, input: os.path.dirname(input.model),
-        batch_size=config["classifier"]["eval_batch_size"],
     log:
         out("logs", "predict_new_slides", "{arm}.log"),
     benchmark:
@@ -95,5 +92,8 @@ rule predict_new_slides:
         mem_mb=res("predict_tiles", "mem_mb"),
         runtime=res("predict_tiles", "runtime"),
         gpu=gpus("predict_tiles"),
+    params:
+        model_dir=lambda wc, input: os.path.dirname(input.model),
+        batch_size=config["classifier"]["eval_batch_size"],
     script:
         "../../scripts/predict_new_slides.py"

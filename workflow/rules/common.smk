@@ -59,7 +59,8 @@ def res(rule_name, key):
     try:
         return config["resources"][rule_name][key]
     except KeyError:
-        raise WorkflowError(f"config: resources.{rule_name}.{key} is missing (see config.schema.yaml)") from None
+        missing = f"resources.{rule_name}.{key}"
+        raise WorkflowError(f"config: {missing} is not set") from None
 
 
 def gpus(rule_name):

@@ -5,7 +5,9 @@
 def get_classifier_targets():
     """The results table and ROC plot, each arm's evaluation and sweep, the deployable model."""
     targets = [out("comparison", f) for f in ("arms.csv", "arms.md", "roc.png")]
-    targets += expand(out("evaluation", "{arm}", "{f}"), arm=ARMS, f=("metrics.json", "sweep.png"))
+    targets += expand(
+        out("evaluation", "{arm}", "{f}"), arm=ARMS, f=("metrics.json", "sweep.png")
+    )
     if config["deploy"]["enabled"]:
         targets.append(out("deploy", DEPLOY_ARM, "model.json"))
         if config["deploy"]["slides"]:
@@ -20,14 +22,14 @@ rule aggregate_slides:
     output:
         slides=out("predictions", "{arm}", "fold_{fold}", "slides.csv"),
         theta=out("predictions", "{arm}", "fold_{fold}", "theta.json"),
-    params:
-        aggregate=cfg("aggregate"),
     log:
         out("logs", "aggregate_slides", "{arm}", "fold_{fold}.log"),
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        aggregate=cfg("aggregate"),
     script:
         "../../scripts/aggregate_slides.py"
 
@@ -52,15 +54,15 @@ rule evaluate_arm:
             subcategory="ROC curves",
             labels={"arm": "{arm}", "figure": "ROC"},
         ),
-    params:
-        evaluate=cfg("evaluate"),
-        seed=config["seed"],
     log:
         out("logs", "evaluate_arm", "{arm}.log"),
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        evaluate=cfg("evaluate"),
+        seed=config["seed"],
     script:
         "../../scripts/evaluate_arm.py"
 
@@ -77,14 +79,14 @@ rule sweep_theta:
             subcategory="Threshold sweep",
             labels={"arm": "{arm}", "figure": "theta sweep"},
         ),
-    params:
-        aggregate=cfg("aggregate"),
     log:
         out("logs", "sweep_theta", "{arm}.log"),
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        aggregate=cfg("aggregate"),
     script:
         "../../scripts/sweep_theta.py"
 
@@ -108,15 +110,15 @@ rule compare_arms:
             category="6. Results",
             labels={"figure": "ROC of the arms"},
         ),
-    params:
-        arms=ARMS,
-        fid=lambda wc: {arm: get_fid_reports(arm) for arm in ARMS},
-        aggregate=cfg("aggregate"),
     log:
         out("logs", "compare_arms", "all.log"),
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        arms=ARMS,
+        fid=lambda wc: {arm: get_fid_reports(arm) for arm in ARMS},
+        aggregate=cfg("aggregate"),
     script:
         "../../scripts/compare_arms.py"

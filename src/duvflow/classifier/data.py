@@ -132,6 +132,9 @@ def augment(image: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator)
 class PatchImages:
     """Real patches (rows of a patch index) followed by synthetic PNGs, resized to ``size``.
 
+    Resized images are rounded to uint8 whether or not they are preloaded, so training with and
+    without the in-memory cache (and prediction) see identical pixels.
+
     ``dataset[i]`` or ``dataset[(i, seed)]`` -> ``(image, label_int)``; with a seed (and an
     ``augment`` config) the image is augmented with that seed.
     """
@@ -148,6 +151,7 @@ class PatchImages:
         self.size = size
         self.augment_cfg = augment_cfg
         self._stores: dict[str, PatchStore] = {}
+        self._cache: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -165,9 +169,29 @@ class PatchImages:
         with Image.open(self._files[i - self.n_real]) as im:
             return np.array(im.convert("RGB"))
 
+    def resized(self, i: int) -> torch.Tensor:
+        """Image ``i`` resized (antialiased) to ``size`` and rounded to uint8 (3, size, size), as a
+        resized PNG would be; from memory after :meth:`preload`."""
+        if self._cache is not None:
+            return self._cache[i]
+        image = resize_batch(to_float_tensor(self.read(int(i)))[None], self.size)[0]
+        return image.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+
+    def preload(self, desc: str = "preload") -> PatchImages:
+        """Read and resize every image once and keep them in memory (N x 3 x size x size bytes):
+        epochs then cost no decoding. DataLoader workers share the cache copy-on-write."""
+        from duvflow.runtime import progress
+
+        cache = torch.empty((len(self), 3, self.size, self.size), dtype=torch.uint8)
+        for i in progress(range(len(self)), desc=desc, unit="patch", leave=False):
+            cache[i] = self.resized(i)
+        self._cache = cache
+        self._stores.clear()
+        return self
+
     def __getitem__(self, key):
         i, seed = key if isinstance(key, tuple) else (key, None)
-        image = resize_batch(to_float_tensor(self.read(int(i)))[None], self.size)[0]
+        image = self.resized(int(i)).float().div_(255)
         if seed is not None and self.augment_cfg is not None:
             image = augment(image, self.augment_cfg, torch.Generator().manual_seed(int(seed)))
         return image, int(self.labels[i])

@@ -67,6 +67,7 @@ class ClassifierConfig:
     selection_metric: str = "slide_auc"
     val_max_patches_per_slide: int | None = None
     eval_batch_size: int = 128
+    preload: bool = False
     checkpoint_every: int = 500
     checkpoints_keep: int = 2
     num_workers: int = 4
@@ -150,6 +151,9 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
     check_no_leakage(split, fold, real["slide_id"].unique(), val["slide_id"].unique(), synth)
     train_set = PatchImages(real, synth, cfg.img_size, cfg.augment)
     val_set = PatchImages(val, None, cfg.img_size)
+    if cfg.preload:  # small inputs: decode and resize each patch once, not once per epoch
+        train_set.preload("preload training patches")
+        val_set.preload("preload validation patches")
     counts = np.bincount(train_set.labels, minlength=2)
     if (counts == 0).any():
         raise ValueError(f"fold {fold}: the training set has no {CLASSES[int(np.argmin(counts))]} patches")

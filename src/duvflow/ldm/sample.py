@@ -60,7 +60,7 @@ def guided_ddim(unet, context: torch.Tensor, null_context: torch.Tensor, noise: 
         if guided:
             cond, uncond = out.chunk(2)
             out = cfg_combine(cond, uncond, guidance)
-        x = scheduler.step(out, t, x, eta=eta, generator=generator, return_dict=False)[0]
+        x = scheduler.step(out.float(), t, x, eta=eta, generator=generator, return_dict=False)[0]
     return x
 
 

@@ -265,6 +265,7 @@ def train_ldm(*, latents: str, vae: str, output: str, checkpoint_dir: str, condi
         shutil.copyfile(metrics.path, tmp / "metrics.csv")
         if grids.is_dir():
             shutil.copytree(grids, tmp / "samples")
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: the resumable state is no longer needed
     _log.info("LDM %s fold %s: %d steps done, saved to %s", condition, fold, cfg.steps, output)
 
 

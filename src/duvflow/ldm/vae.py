@@ -213,6 +213,7 @@ def train_vae(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequenc
         write_json(run_metadata(fold=fold, n_patches=len(dataset), steps=cfg.steps, vae=_asdict(cfg)),
                    tmp / "duvflow_vae.json")
         shutil.copyfile(metrics.path, tmp / "metrics.csv")
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: the resumable state is no longer needed
     _log.info("VAE fold %s trained for %d steps; scaling factor %.5f", fold, cfg.steps, scaling)
 
 

@@ -32,10 +32,18 @@ class PatchStoreWriter:
     Chunks are compressed here (``encode``, thread-safe and GIL-free, so callers may compress in
     worker threads) and written with HDF5 direct chunk writes. A patch that does not shrink is stored
     raw with its filter skipped, as HDF5 itself does for optional filters; ``h5py`` reads both alike.
+
+    With ``adaptive`` (default), compression that does not pay is not kept up: after
+    ``_FUTILE_RUN`` patches in a row that shrank by less than 10% (noisy images; LZF then costs
+    about 40% of an OpenSlide read for nothing), only every ``_FUTILE_RUN``-th patch is tried, until
+    one compresses well again. Stored pixels are the same either way.
     """
 
+    _FUTILE_RUN = 16
+    _MIN_SAVING = 0.10
+
     def __init__(self, path: str | os.PathLike, n: int, patch_size: int, *, compression: str = "lzf",
-                 attrs: dict | None = None):
+                 attrs: dict | None = None, adaptive: bool = True):
         import h5py
 
         from duvflow import __version__
@@ -52,6 +60,9 @@ class PatchStoreWriter:
             compression=codec if n else None, compression_opts=level if n else None,
         )
         self._coords = np.zeros((n, 2), dtype=np.int64)
+        self.adaptive = adaptive
+        self._futile = 0  # patches in a row that compression did not pay for
+        self._calls = 0
         self._file.attrs.update({"format_version": FORMAT_VERSION, "duvflow_version": __version__,
                                  "patch_size": patch_size, **(attrs or {})})
 
@@ -64,10 +75,16 @@ class PatchStoreWriter:
             raise ValueError(f"patch of shape {patch.shape}, expected {(self.patch_size, self.patch_size, 3)}")
         if self.compression == "none":
             return patch, 0
+        # Counters are shared by worker threads without a lock: a race only shifts which patch is
+        # probed next, never what is stored.
+        self._calls += 1
+        if self.adaptive and self._futile >= self._FUTILE_RUN and self._calls % self._FUTILE_RUN:
+            return patch, 1
         if self.compression == "lzf":
             data = imagecodecs.lzf_encode(patch)  # the raw LZF stream h5py's lzf filter reads
         else:
             data = imagecodecs.zlib_encode(patch, level=_COMPRESSION["gzip"][1])  # HDF5 deflate = zlib stream
+        self._futile = 0 if len(data) <= (1 - self._MIN_SAVING) * patch.nbytes else self._futile + 1
         return (data, 0) if len(data) < patch.nbytes else (patch, 1)
 
     def write_encoded(self, index: int, data: bytes | np.ndarray, filter_mask: int, xy: tuple[int, int]) -> None:

@@ -134,7 +134,8 @@ class CollapseMonitor:
     * embeddings: the std over the batch of L2-normalised teacher features, times sqrt(dim)
       (about 1 for well-spread features, 0 when every patch maps to one vector), below ``min_std``;
     * one prototype dominates: teacher entropy below 2% of its maximum log(out_dim);
-    * uniform teacher: entropy above 98% of the maximum while KL(teacher || student) ~ 0.
+    * uniform teacher: entropy above 98% of the maximum while KL(teacher || student) ~ 0 (and a
+      milder warning when the teacher's entropy stays above 99% of the maximum at all).
     """
 
     def __init__(self, out_dim: int, min_std: float, start_step: int, smoothing: float = 0.9):
@@ -159,6 +160,11 @@ class CollapseMonitor:
         if s["entropy"] > 0.98 * self.max_entropy and s["kl"] < 1e-3:
             self._warn("uniform", step, f"teacher outputs collapsed to uniform: entropy {s['entropy']:.3f} nats "
                        f"(max {self.max_entropy:.2f}), KL teacher-student {s['kl']:.2e}")
+        elif s["entropy"] > 0.99 * self.max_entropy:
+            self._warn("near-uniform", step, f"teacher outputs are nearly uniform (entropy {s['entropy']:.3f} of max "
+                       f"{self.max_entropy:.3f} nats): the teacher gives the student almost no signal, typical of a "
+                       f"randomly initialised backbone on few patches; set dino.weights to a pretrained backbone, "
+                       f"lower dino.teacher_temp or train longer")
 
     def _warn(self, kind: str, step: int, message: str) -> None:
         if kind not in self.warned:
