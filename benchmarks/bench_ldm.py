@@ -40,17 +40,18 @@ def load_sections(path: Path) -> dict:
     return {k: base.get(k, {}) for k in ("vae", "ldm", "sampling")}
 
 
-def timed(fn, repeats: int, sync) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up run."""
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def paired(fns: dict, repeats: int, sync) -> dict:
+    """Median wall time of each function; the functions run interleaved (a, b, c, a, b, c, ...)
+    after one warm-up round, so load from other processes affects them alike."""
+    times = {name: [] for name in fns}
+    for i in range(repeats + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            if i:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None) -> None:
@@ -104,15 +105,18 @@ def main(argv=None) -> None:
     enc = encoders["ssl"].eval()
     conds = torch.randn(B, args.embed_dim)
     noise = torch.randn(B, C, size, size, device=device)
-    x2 = torch.randn(2 * B, C, size, size, device=device)
-    ctx2 = torch.randn(2 * B, lcfg.num_tokens, lcfg.cross_attention_dim, device=device)
     ddim = DDIMScheduler.from_config(build_noise_scheduler(lcfg).config)
-    t_mid = torch.tensor(500, device=device)
+    ddim.set_timesteps(args.steps, device=device)
+    timesteps = ddim.timesteps.clone()
+    # the bare reference sees the same inputs: the [cond, uncond] batch at the same timesteps
+    x2 = torch.cat([noise, noise])
+    with torch.no_grad():
+        ctx2 = torch.cat([enc(conds.to(device)), enc.null(B)])
 
     def bare_sampling():
         with torch.no_grad():
-            for _ in range(args.steps):
-                unet(x2, t_mid, ctx2, return_dict=False)
+            for t in timesteps:
+                unet(x2, t, ctx2, return_dict=False)
 
     def guided():
         with torch.no_grad():
@@ -124,9 +128,9 @@ def main(argv=None) -> None:
         return lambda: sample_images(unet, encoders[kind].eval(), vae, ddim, c, range(B), steps=args.steps,
                                      guidance=scfg.guidance, latent_shape=(C, size, size), device=device)
 
-    t_bare = timed(bare_sampling, args.repeats, sync)
-    t_guided = timed(guided, args.repeats, sync)
-    t_full = {kind: timed(full(kind), args.repeats, sync) for kind in ("ssl", "class")}
+    t = paired({"bare": bare_sampling, "guided": guided, "ssl": full("ssl"), "class": full("class")}, args.repeats,
+               sync)
+    t_bare, t_guided, t_full = t["bare"], t["guided"], {"ssl": t["ssl"], "class": t["class"]}
     print(f"\nSampling, B = {B} synthetic patches per batch (UNet batch 2B = {2 * B}), {args.steps} DDIM steps, "
           f"guidance {scfg.guidance}")
     print(f"  bare: {args.steps} x UNet forward on 2B     {t_bare / B * 1e3:9.2f} ms / patch")
@@ -162,8 +166,8 @@ def main(argv=None) -> None:
         batch = draw_batch(mean, std, cache_conds, rows, lcfg, gen)
         training_step(unet, enc, noise_sched, opt, sched, ema, params, batch, lcfg, device).item()
 
-    t_bare_train = timed(bare_train, args.repeats * 3, sync)
-    t_ours_train = timed(ours_train, args.repeats * 3, sync)
+    t = paired({"bare": bare_train, "ours": ours_train}, args.repeats * 5, sync)
+    t_bare_train, t_ours_train = t["bare"], t["ours"]
     print(f"\nTraining, batch {TB} of cached latents")
     print(f"  bare UNet forward + backward           {t_bare_train * 1e3:9.2f} ms / step")
     print(f"  LDM train step (draw, loss, clip, AdamW, schedule, EMA) {t_ours_train * 1e3:9.2f} ms / step   "
