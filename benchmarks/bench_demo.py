@@ -35,7 +35,8 @@ def snakemake(workdir: Path, configs: list[Path], cores: int, *extra: str) -> tu
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", *map(str, configs), "--cores", str(cores), *extra]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, DUVFLOW_PROGRESS="0"))
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True,
+                          env=dict(os.environ, DUVFLOW_PROGRESS="0"))
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"snakemake {' '.join(extra)} failed:\n{proc.stderr[-5000:]}")
@@ -45,7 +46,8 @@ def snakemake(workdir: Path, configs: list[Path], cores: int, *extra: str) -> tu
 def job_counts(log: str) -> dict[str, int]:
     """The "Job stats" table of a Snakemake run or dry run."""
     stats = log.split("Job stats:", 1)[1] if "Job stats:" in log else ""
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M) if m.group(1) != "total"}
+    rows = re.finditer(r"^(\w+)\s+(\d+)$", stats, re.MULTILINE)
+    return {m.group(1): int(m.group(2)) for m in rows if m.group(1) != "total"}
 
 
 def per_rule(results: Path) -> pd.DataFrame:

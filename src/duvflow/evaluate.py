@@ -370,9 +370,11 @@ def _plot_sweep(table: pd.DataFrame, target: str | os.PathLike, *, arm: str, con
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for metric, style in (("sensitivity", "-o"), ("specificity", "-s"), ("accuracy", "-^"),
-                          ("balanced_accuracy", "-d")):
-        ax.plot(table["theta"], table[metric], style, ms=4, label=f"{metric.replace('_', ' ')} (test)")
+    # accuracy drawn wide and pale underneath: with balanced classes it coincides with balanced accuracy
+    ax.plot(table["theta"], table["accuracy"], "-", lw=5, alpha=0.35, color="tab:green", label="accuracy (test)")
+    for metric, style, color in (("sensitivity", "-o", "tab:blue"), ("specificity", "-s", "tab:orange"),
+                                 ("balanced_accuracy", "-d", "tab:purple")):
+        ax.plot(table["theta"], table[metric], style, ms=4, color=color, label=f"{metric.replace('_', ' ')} (test)")
     ax.plot(table["theta"], table["val_balanced_accuracy"], "--", color="0.4", label="balanced accuracy (validation)")
     ax.axvline(configured, color="k", ls=":", label=f"configured theta {configured:g}"
                + (" (auto's default)" if mode == "auto" else ""))

@@ -24,11 +24,16 @@ BEFORE_SAMPLING = {"make_demo_slide", "write_demo_sheet", "tile_slide", "qc_coho
                    "encode_latents", "train_ldm"}
 
 
-def _planned(workdir, tmp_path, overlay: dict) -> list[tuple[str, dict, str]]:
-    """(rule, wildcards, reason) of every job a dry run with ``overlay`` merged into the test config plans."""
+def _overlay(tmp_path, overlay: dict) -> list[str]:
+    """Arguments that merge ``overlay`` into the test config."""
     path = tmp_path / "overlay.yaml"
     path.write_text(yaml.safe_dump(overlay))
-    proc = snakemake(workdir, "-n", "--configfile", str(TEST_CONFIG), str(path))
+    return ["--configfile", str(TEST_CONFIG), str(path)]
+
+
+def _planned(workdir, tmp_path, overlay: dict, *targets: str) -> list[tuple[str, dict, str]]:
+    """(rule, wildcards, reason) of every job a dry run with ``overlay`` merged into the test config plans."""
+    proc = snakemake(workdir, "-n", *targets, *_overlay(tmp_path, overlay))  # --configfile takes the rest
     jobs = []
     for m in re.finditer(r"^(?:local)?rule (\w+):\n((?:    .*\n)*)", proc.stdout + proc.stderr, re.MULTILINE):
         body = m.group(2)
@@ -67,22 +72,28 @@ def test_changing_sampling_reruns_sampling_and_downstream_but_no_training_before
 
 
 def test_adding_a_slide_tiles_only_that_slide(tiny_run, tmp_path):
+    # a user's own sample sheet (the demo run's slides): tiles, QC and folds done first
     demo = pd.read_csv(tiny_run / "results" / "demo" / "slides.csv")
     slides = tiny_run / "results" / "demo" / "slides"
     sheet = pd.DataFrame({"slide_id": demo["slide_id"], "label": demo["label"],
                           "path": [str(slides / f"{s}.tiff") for s in demo["slide_id"]]})
-    # the same slides through a user's own sheet instead of the generated demo: no slide is re-tiled
-    sheet.to_csv(tmp_path / "same.csv", index=False)
-    jobs = _planned(tiny_run, tmp_path, {"demo": {"enabled": False}, "samples": str(tmp_path / "same.csv")})
-    assert not {rule for rule, _, _ in jobs} & {"make_demo_slide", "tile_slide", "make_splits", "train_dino"}
+    sheet.to_csv(tmp_path / "slides.csv", index=False)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    own_sheet = {"demo": {"enabled": False}, "samples": str(tmp_path / "slides.csv")}
+    tiling = ("results/qc/cohort.tsv", "results/splits.csv")
+    snakemake(workdir, *tiling, *_overlay(tmp_path, own_sheet))
+    assert _planned(workdir, tmp_path, own_sheet, *tiling) == []
 
     # one more slide (a copy of a demo slide under a new id)
     shutil.copy(slides / f"{demo['slide_id'][0]}.tiff", tmp_path / "extra.tiff")
     extra = pd.DataFrame({"slide_id": ["extra01"], "label": [demo["label"][0]], "path": [str(tmp_path / "extra.tiff")]})
-    pd.concat([sheet, extra]).to_csv(tmp_path / "more.csv", index=False)
-    jobs = _planned(tiny_run, tmp_path, {"demo": {"enabled": False}, "samples": str(tmp_path / "more.csv")})
-    rules = {rule for rule, _, _ in jobs}
-    assert [wc["slide"] for rule, wc, _ in jobs if rule == "tile_slide"] == ["extra01"]
-    assert "make_demo_slide" not in rules
-    # the cohort QC and the slide-level folds include the new slide, and so everything trained on them
-    assert {"qc_cohort", "make_splits", "train_dino", "train_classifier"} <= rules, sorted(rules)
+    pd.concat([sheet, extra]).to_csv(tmp_path / "slides.csv", index=False)
+    jobs = _planned(workdir, tmp_path, own_sheet, *tiling)
+    assert [wc.get("slide") for rule, wc, _ in jobs if rule == "tile_slide"] == ["extra01"]
+    # the cohort QC and the slide-level folds include the new slide
+    assert {rule for rule, _, _ in jobs} == {"tile_slide", "qc_cohort", "make_splits"}
+    # the whole workflow: still only the new slide is tiled (the rest follows from the new folds)
+    jobs = _planned(workdir, tmp_path, own_sheet)
+    assert [wc.get("slide") for rule, wc, _ in jobs if rule == "tile_slide"] == ["extra01"]
+    assert "make_demo_slide" not in {rule for rule, _, _ in jobs}

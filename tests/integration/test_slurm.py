@@ -86,7 +86,8 @@ def test_tiny_cohort_through_the_slurm_profile(slurm_cluster, tiny_run, tmp_path
         "tile_slide": {"threads": 1, "mem_mb": 1500, "runtime": 10},
     }}))
     env = dict(slurm_cluster, DUVFLOW_PROGRESS="0", DUVFLOW_SLURM_PARTITION="debug",
-               DUVFLOW_SLURM_GPU_PARTITION="debug", DUVFLOW_SLURM_ACCOUNT="duvflow")
+               DUVFLOW_SLURM_GPU_PARTITION="debug", DUVFLOW_SLURM_ACCOUNT="duvflow",
+               DUVFLOW_GPU_LOCK_DIR=str(tmp_path / "gpu-locks"))  # jobs inherit it (sbatch --export=ALL)
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(TEST_CONFIG), str(overlay), "--profile", str(ROOT / "profiles" / "slurm"),
            "--slurm-init-seconds-before-status-checks", "1", *TARGETS]

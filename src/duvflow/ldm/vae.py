@@ -175,8 +175,9 @@ def train_vae(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequenc
         start = int(state["step"])
     metrics = MetricsLog(Path(checkpoint_dir) / "metrics.csv", ["step", "loss", "recon", "kl", "lr"], start)
 
+    # own generator: creating the loader must not draw from the (restored) global RNG
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=[batches(s).tolist() for s in range(start, cfg.steps)],
-                                         num_workers=cfg.num_workers, persistent_workers=False)
+                                         num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(seed))
     pixels = 3 * cfg.image_size**2
     step = start
     for images, _, _ in progress(loader, total=cfg.steps - start, desc=f"VAE fold {fold}", initial=0):
@@ -185,7 +186,7 @@ def train_vae(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequenc
             images = _augment(images, generator)
         x = images * 2 - 1
         posterior = vae.encode(x).latent_dist
-        z = posterior.sample(generator=None)
+        z = posterior.sample(generator=generator)
         recon = vae.decode(z).sample
         rec = F.l1_loss(recon, x) if cfg.recon_loss == "l1" else F.mse_loss(recon, x)
         # LDM's weighting: kl_weight multiplies the KL against the per-image *summed* reconstruction
