@@ -261,3 +261,43 @@ def test_collapse_monitor_warns_once(caplog):
     healthy = CollapseMonitor(out_dim=64, min_std=0.05, start_step=0, smoothing=0.0)
     healthy.update(10, embed_std=0.5, entropy=2.0, kl=0.3)
     assert healthy.warned == []
+
+
+def test_fused_colour_jitter_keeps_each_operations_invariant():
+    off = {"jitter_p": 1.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0, "grayscale_p": 0.0}
+    x = 0.3 + 0.3 * torch.rand(6, 3, 8, 8)  # mid-range: no clamping at these strengths
+    gen = torch.Generator().manual_seed(0)
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+
+    def run(**kw):
+        return MultiCropAugment(8, augment=AugmentConfig(**{**off, **kw})).colour(x, gen)
+
+    y = run(brightness=0.3)  # brightness: one factor per image
+    ratio = y / x
+    assert torch.allclose(ratio, ratio[:, :1, :1, :1].expand_as(ratio), atol=1e-5)
+    assert not torch.allclose(ratio[0], ratio[1])
+    y = run(contrast=0.3)  # contrast: towards the image's mean grey, which it keeps
+    torch.testing.assert_close((y * luma).sum(1).mean((-1, -2)), (x * luma).sum(1).mean((-1, -2)), atol=1e-5, rtol=0)
+    y = run(saturation=0.5)  # saturation: every pixel keeps its grey value
+    torch.testing.assert_close((y * luma).sum(1), (x * luma).sum(1), atol=1e-5, rtol=0)
+    y = run(hue=0.3)  # hue: a chroma rotation keeps luma
+    torch.testing.assert_close((y * luma).sum(1), (x * luma).sum(1), atol=1e-4, rtol=0)
+    grey = x.mean(1, keepdim=True).expand_as(x).contiguous()  # grey stays grey under every jitter
+    y = MultiCropAugment(8, augment=AugmentConfig(**{**off, "brightness": 0.4, "contrast": 0.4,
+                                                     "saturation": 0.4, "hue": 0.4})).colour(grey, gen)
+    torch.testing.assert_close(y[:, 0], y[:, 1], atol=1e-5, rtol=0)
+    y = run(grayscale_p=1.0)
+    torch.testing.assert_close(y[:, 0], (x * luma).sum(1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y[:, 2], y[:, 1], atol=0, rtol=0)
+
+
+def test_geometric_augmentation_is_a_dihedral_permutation():
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4).repeat(20, 1, 1, 1)
+    y = MultiCropAugment(4).geometric(x, torch.Generator().manual_seed(0))
+    seen = set()
+    for a, b in zip(x, y, strict=True):
+        variants = [torch.rot90(v, r, dims=(-2, -1)) for v in (a, a.flip(-1)) for r in range(4)]
+        match = [i for i, v in enumerate(variants) if torch.equal(v, b)]
+        assert match, "every output is a flip/rotation of its input"
+        seen.add(match[0])
+    assert len(seen) >= 6  # and the group is explored

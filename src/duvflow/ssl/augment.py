@@ -9,7 +9,8 @@ Why batched: per-image PIL/torchvision pipelines in DataLoader workers cost ~10 
 resamplings per step on the CPU and starve a GPU; here every operation runs on the whole batch at
 once with per-image random parameters (crop-and-resize is one ``torchvision.ops.roi_align`` call),
 so the workers only decode patches. Colour jitter applies brightness, contrast, saturation and hue
-in this fixed order (torchvision shuffles it); hue is a rotation of the chroma plane in YIQ space.
+in this fixed order (torchvision shuffles it), fused into one affine colour map per image and
+clamped once (torchvision clamps after each); hue is a rotation of the chroma plane in YIQ space.
 """
 
 from __future__ import annotations
@@ -148,50 +149,71 @@ class MultiCropAugment:
         return [v.contiguous() for v in views]
 
     def geometric(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Random flips and 90-degree rotation, composed into one element of the dihedral group per
+        image (vflip = rot180 . hflip) so each image is moved once."""
         b, dev = x.shape[0], x.device
-        for p, dim in ((self.cfg.hflip_p, -1), (self.cfg.vflip_p, -2)):
-            if p > 0:
-                x = torch.where(_per_image(torch.rand(b, generator=gen, device=dev) < p), x.flip(dim), x)
-        if self.cfg.rot90:
-            k = torch.randint(0, 4, (b,), generator=gen, device=dev)
-            out = x.clone()
-            for kk in (1, 2, 3):
-                sel = k == kk
-                if bool(sel.any()):
-                    out[sel] = torch.rot90(x[sel], kk, dims=(-2, -1))
-            x = out
-        return x
+        h = torch.rand(b, generator=gen, device=dev) < self.cfg.hflip_p
+        v = torch.rand(b, generator=gen, device=dev) < self.cfg.vflip_p
+        k = torch.randint(0, 4, (b,), generator=gen, device=dev) if self.cfg.rot90 else torch.zeros_like(h, dtype=torch.long)
+        flip = h ^ v
+        rot = (k + 2 * v.long()) % 4
+        if not bool(flip.any() or rot.any()):
+            return x
+        out = x.clone()
+        for f in (False, True):
+            for r in range(4):
+                sel = ((flip == f) & (rot == r)).nonzero().squeeze(1)
+                if (not f and r == 0) or sel.numel() == 0:
+                    continue
+                y = x[sel].flip(-1) if f else x[sel]
+                out[sel] = torch.rot90(y, r, dims=(-2, -1)) if r else y
+        return out
 
     def colour(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        cfg, b, dev = self.cfg, x.shape[0], x.device
+        """Colour jitter and greyscale as one affine colour map per image, ``A x + t``, clamped once.
+
+        brightness b, contrast c (towards the mean grey m), saturation s and hue rotation H compose
+        to ``A = c b H S`` and ``t = (1 - c) b m`` (S and H keep grey grey, so the offset passes
+        through); greyscale multiplies A by the luma projection.
+        """
+        cfg, b, dev, dt = self.cfg, x.shape[0], x.device, x.dtype
+        eye = torch.eye(3, device=dev, dtype=dt).expand(b, 3, 3)
+        luma = torch.tensor(_GRAY, device=dev, dtype=dt)
+        grey_proj = luma[None, :].expand(3, 3)  # every output channel = luma
+        a = eye
+        t = torch.zeros(b, device=dev, dtype=dt)
         if cfg.jitter_p > 0:
             on = torch.rand(b, generator=gen, device=dev) < cfg.jitter_p
-            bright = torch.where(on, _uniform(b, 1 - cfg.brightness, 1 + cfg.brightness, gen, dev), 1.0)
-            contrast = torch.where(on, _uniform(b, 1 - cfg.contrast, 1 + cfg.contrast, gen, dev), 1.0)
-            sat = torch.where(on, _uniform(b, 1 - cfg.saturation, 1 + cfg.saturation, gen, dev), 1.0)
+            bright = torch.where(on, _uniform(b, 1 - cfg.brightness, 1 + cfg.brightness, gen, dev), 1.0).to(dt)
+            contrast = torch.where(on, _uniform(b, 1 - cfg.contrast, 1 + cfg.contrast, gen, dev), 1.0).to(dt)
+            sat = torch.where(on, _uniform(b, 1 - cfg.saturation, 1 + cfg.saturation, gen, dev), 1.0).to(dt)
             hue = torch.where(on, _uniform(b, -cfg.hue, cfg.hue, gen, dev), 0.0)
-            x = (x * _per_image(bright)).clamp_(0, 1)
-            mean = _gray(x).mean(dim=(-1, -2), keepdim=True)
-            x = ((x - mean) * _per_image(contrast) + mean).clamp_(0, 1)
-            g = _gray(x)
-            x = ((x - g) * _per_image(sat) + g).clamp_(0, 1)
-            x = self._hue(x, hue).clamp_(0, 1)
+            s_mat = sat.view(b, 1, 1) * eye + (1 - sat).view(b, 1, 1) * grey_proj
+            a = (contrast * bright).view(b, 1, 1) * (self._hue_matrix(hue, dev, dt) @ s_mat)
+            mean = _gray(x).mean(dim=(-1, -2)).squeeze(1)
+            t = (1 - contrast) * bright * mean
         if cfg.grayscale_p > 0:
-            grey = _per_image(torch.rand(b, generator=gen, device=dev) < cfg.grayscale_p)
-            x = torch.where(grey, _gray(x).expand_as(x), x)
-        return x
+            grey = torch.rand(b, generator=gen, device=dev) < cfg.grayscale_p
+            a = torch.where(grey.view(b, 1, 1), grey_proj @ a, a)
+        if cfg.jitter_p <= 0 and cfg.grayscale_p <= 0:
+            return x
+        return (torch.einsum("bij,bjhw->bihw", a, x) + t.view(b, 1, 1, 1)).clamp_(0, 1)
+
+    @staticmethod
+    def _hue_matrix(hue: torch.Tensor, device, dtype) -> torch.Tensor:
+        """(B, 3, 3) RGB matrices rotating the chroma plane (I, Q of YIQ) by ``2 pi hue``."""
+        t = _RGB2YIQ.to(device, torch.float64)
+        theta = 2 * math.pi * hue.to(torch.float64)
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        rot = torch.zeros(hue.shape[0], 3, 3, device=device, dtype=torch.float64)
+        rot[:, 0, 0] = 1
+        rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
+        return (torch.linalg.inv(t) @ rot @ t).to(dtype)
 
     @staticmethod
     def _hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
-        """Rotate each image's chroma (I, Q) by ``2 pi hue``: one 3x3 matrix per image."""
-        t = _RGB2YIQ.to(x.device, x.dtype)
-        theta = 2 * math.pi * hue.to(x.dtype)
-        cos, sin = torch.cos(theta), torch.sin(theta)
-        rot = torch.zeros(hue.shape[0], 3, 3, device=x.device, dtype=x.dtype)
-        rot[:, 0, 0] = 1
-        rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-        m = torch.linalg.inv(t) @ rot @ t  # (B, 3, 3)
-        return torch.einsum("bij,bjhw->bihw", m, x)
+        """Rotate each image's chroma by ``2 pi hue`` (the hue part of the colour jitter alone)."""
+        return torch.einsum("bij,bjhw->bihw", MultiCropAugment._hue_matrix(hue, x.device, x.dtype), x)
 
     def blur(self, x: torch.Tensor, p: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Gaussian blur with per-image probability ``p`` (N,), sigma ~ U(blur_sigma) per image."""

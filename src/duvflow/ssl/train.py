@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ __all__ = ["METRIC_COLUMNS", "CollapseMonitor", "DinoConfig", "HeadConfig", "plo
 _log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ("step", "epoch", "loss", "teacher_entropy", "kl", "embed_std", "grad_norm", "lr",
-                  "weight_decay", "momentum", "teacher_temp")
+                  "weight_decay", "momentum", "teacher_temp", "step_time_s")
 # settings that change how a run executes but not what it computes: a resumed run may differ in them
 _RUNTIME_KEYS = ("device", "augment_on", "checkpoint_every", "checkpoints_keep")
 
@@ -266,7 +267,8 @@ def train_dino(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequen
         dino_loss.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
         restore_rng_state(state["rng"])
-        rows = state["metrics"].tolist()
+        # rows of a checkpoint written before a metric column existed are padded with NaN
+        rows = [r + [math.nan] * (len(METRIC_COLUMNS) - len(r)) for r in state["metrics"].tolist()]
         start = int(state["step"])
 
     workers = max(0, min(threads - 1, 8)) if num_workers is None else num_workers
@@ -290,25 +292,26 @@ def train_dino(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequen
         monitor.update(int(r[0]), r[5], r[3], r[4])
     log_every = max(1, total // 20)
     flush_every = min(log_every, 50)
-    pending: list[tuple[int, torch.Tensor]] = []
+    pending: list[tuple[int, torch.Tensor, float]] = []
 
     def flush() -> None:
         """Move the pending per-step diagnostics to the host (one sync per batch of steps, not per step)."""
         if not pending:
             return
-        values = torch.stack([v for _, v in pending]).float().cpu().tolist()
-        for (st, _), (loss_v, ent, kl, estd, gnorm) in zip(pending, values, strict=True):
+        values = torch.stack([v for _, v, _ in pending]).float().cpu().tolist()
+        for (st, _, dt), (loss_v, ent, kl, estd, gnorm) in zip(pending, values, strict=True):
             if not math.isfinite(loss_v):
                 raise FloatingPointError(f"DINO loss is {loss_v} at step {st} (fold {fold}); lower dino.lr or "
                                          f"raise dino.warmup_epochs")
             rows.append([st, st // steps_per_epoch, loss_v, ent, kl, estd, gnorm, lr_sched[st], wd_sched[st],
-                         mom_sched[st], temp_sched[st]])
+                         mom_sched[st], temp_sched[st], dt])
             monitor.update(st, estd, ent, kl)
         pending.clear()
         bar.set_postfix(loss=f"{rows[-1][2]:.4f}")
 
     bar = progress(total=total, initial=start, desc=f"DINO fold {fold}", unit="step")
     stopped = False
+    last_time = time.perf_counter()
     for step, (batch_step, batch, sizes, views) in zip(range(start, total), loader, strict=True):
         assert batch_step == step, f"data loader out of step ({batch_step} != {step})"
         for i, group in enumerate(optimizer.param_groups):
@@ -340,7 +343,9 @@ def train_dino(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequen
             z = torch.nn.functional.normalize(t_feats.float(), dim=-1)
             embed_std = z.std(dim=0).mean() * math.sqrt(z.shape[1])
             pending.append((step, all_reduce_mean(torch.stack([loss.detach(), stats.teacher_entropy, stats.kl,
-                                                               embed_std, grad_norm.float()]))))
+                                                               embed_std, grad_norm.float()])),
+                            time.perf_counter() - last_time))  # wall time per step, loading included
+            last_time = time.perf_counter()
         bar.update(1)
         done = step + 1
         if done % flush_every == 0 or done % cfg.checkpoint_every == 0 or done == total or done == stop_after:
