@@ -9,7 +9,7 @@
    ``train_dino`` is its own ``step_time_s`` metric (median after the first half epoch), so model
    building and start-up are not counted.
 
-Usage: python benchmarks/bench_ssl.py [--threads 2] [--device auto] [--size small|paper]
+Usage: python benchmarks/bench_ssl.py [--threads 2] [--device auto] [--size small|micro|paper]
 (`paper` = ViT-S/16 at 224 px with 8 local crops at 96 px, batch 64: for a GPU.)
 """
 
@@ -35,7 +35,12 @@ from duvflow.ssl.model import Embedder, build_backbone, data_stats
 from duvflow.ssl.train import train_dino
 
 SIZES = {
-    "small": {"backbone": "vit_tiny_patch16_224",
+    # ViT-Ti/8 (the real vit_tiny widths, 8-px patches) at 64 px: the smallest realistic model
+    "small": {"backbone": "vit_tiny_patch16_224", "model_kwargs": {"patch_size": 8},
+              "img_size": 64, "local_size": 32, "n_local": 4, "batch": 32, "head": (4096, 256, 64), "patch": 200,
+              "n_patches": 640, "embed_batch": 64},
+    # the demo config's micro ViT (64 wide, 3 blocks): cheaper than decoding a patch on one core
+    "micro": {"backbone": "vit_tiny_patch16_224",
               "model_kwargs": {"patch_size": 8, "embed_dim": 64, "depth": 3, "num_heads": 4, "mlp_ratio": 2.0},
               "img_size": 64, "local_size": 32, "n_local": 4, "batch": 32, "head": (4096, 256, 64), "patch": 200,
               "n_patches": 640, "embed_batch": 64},
@@ -83,7 +88,9 @@ def timed(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def bench_embed(cfg, index, device, workers: int) -> tuple[float, float]:
+def bench_embed(cfg, index, device, workers: int, threads: int) -> tuple[float, float]:
+    """Patches/s of a bare loop and of the embed step, both with the compute threads the embed step
+    uses (the job's threads minus its loader workers on the CPU)."""
     bb = build_backbone(cfg["backbone"], model_kwargs=cfg["model_kwargs"], pooling="cls", img_size=cfg["img_size"],
                         weights=None, hub=False, seed=0)
     model = Embedder(bb, *data_stats(bb), cfg["img_size"]).to(device).eval()
@@ -96,12 +103,15 @@ def bench_embed(cfg, index, device, workers: int) -> tuple[float, float]:
                 model(x)
 
     # alternate the two so both see the same share of a shared machine
+    if device.type == "cpu" and workers:
+        torch.set_num_threads(max(1, threads - workers))
     t_bare, t_full = [], []
     for _ in range(3):
         t_bare.append(timed(bare, 1) / ((n // b) * b))
         t_full.append(timed(lambda: compute_embeddings(model, index, batch_size=b, device=device,
                                                        num_workers=workers), 1) / n)
     t_bare, t_full = float(np.median(t_bare)), float(np.median(t_full))
+    torch.set_num_threads(threads)
     return 1 / t_bare, 1 / t_full
 
 
@@ -167,16 +177,23 @@ def main() -> None:
         root = Path(tmp)
         tables, stores, index = make_stores(root, cfg["n_patches"], cfg["patch"])
         if "embed" not in args.skip:
-            bare, full = bench_embed(cfg, index, device, workers)
+            bare, full = bench_embed(cfg, index, device, workers, args.threads)
             print(f"embed: bare model(x) {bare:9.1f} patches/s | embed step {full:9.1f} patches/s "
                   f"(from {cfg['patch']} px stores, batch {cfg['embed_batch']}) | ratio {full / bare:.2f} "
                   f"(target >= 0.85)")
         if "dino" not in args.skip:
             step = bench_dino_bare(cfg, device)
+            # same compute threads as train_dino (on the CPU: the job's threads minus its loader worker)
+            compute = max(1, args.threads - workers) if device.type == "cpu" else args.threads
+            torch.set_num_threads(compute)
             bare_before = timed(step, 5)
             full = bench_dino_full(cfg, root, tables, stores, device, args.threads)
+            torch.set_num_threads(compute)
             bare = min(bare_before, timed(step, 5))
-            print(f"dino:  bare fwd+bwd {bare * 1000:8.1f} ms/step | train_dino step {np.median(full) * 1000:8.1f} "
+            torch.set_num_threads(args.threads)
+            bare_all = timed(step, 5)
+            print(f"dino:  bare fwd+bwd with all {args.threads} threads: {bare_all * 1000:.1f} ms/step (information)")
+            print(f"dino:  bare fwd+bwd ({compute} threads) {bare * 1000:8.1f} ms/step | train_dino step {np.median(full) * 1000:8.1f} "
                   f"ms/step median, {np.mean(full) * 1000:.1f} mean over {len(full)} steps (batch {cfg['batch']}, "
                   f"2x{cfg['img_size']} + {cfg['n_local']}x{cfg['local_size']} px crops) | "
                   f"ratio {bare / np.median(full):.2f} (target >= 0.8)")

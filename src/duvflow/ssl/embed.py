@@ -61,20 +61,38 @@ def prepare_batch(batch: torch.Tensor, sizes: torch.Tensor, img_size: int, devic
     return out
 
 
+class _EmbedCollate:
+    """Collation that, with ``img_size``, also converts and resizes (in the DataLoader workers, so
+    it overlaps with the model on CPU-only machines)."""
+
+    def __init__(self, img_size: int | None):
+        self.img_size = img_size
+
+    def __call__(self, items):
+        batch, sizes, _, _ = collate_patches(items)
+        if self.img_size is None:
+            return batch, sizes, None
+        return None, sizes, prepare_batch(batch, sizes, self.img_size, torch.device("cpu"))
+
+
 def compute_embeddings(model: Embedder, index: pd.DataFrame, *, batch_size: int, device, bf16: bool = True,
                        num_workers: int = 0, desc: str = "embedding") -> np.ndarray:
-    """float32 (len(index), dim) embeddings of ``index``'s patches, in row order."""
+    """float32 (len(index), dim) embeddings of ``index``'s patches, in row order.
+
+    Patches are resized on the device on a GPU, in the loader workers on the CPU (when there are any).
+    """
     model = model.to(device).eval()
+    in_workers = num_workers > 0 and device.type != "cuda"
     loader = torch.utils.data.DataLoader(
         PatchDataset(index, transform=as_uint8_tensor), batch_size=batch_size, shuffle=False,
-        num_workers=num_workers, collate_fn=collate_patches, pin_memory=device.type == "cuda",
-        prefetch_factor=4 if num_workers else None,
+        num_workers=num_workers, collate_fn=_EmbedCollate(model.img_size if in_workers else None),
+        pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers else None,
     )
     out = torch.empty((len(index), model.dim), dtype=torch.float32)
     pos = 0
     with torch.inference_mode(), progress(total=len(index), desc=desc, unit="patch") as bar:
-        for batch, sizes, _, _ in loader:
-            x = prepare_batch(batch, sizes, model.img_size, device)
+        for batch, sizes, images in loader:
+            x = prepare_batch(batch, sizes, model.img_size, device) if images is None else images.to(device)
             with autocast(device, enabled=bf16):
                 z = model(x)
             out[pos: pos + len(z)] = z.float().cpu()
@@ -106,8 +124,13 @@ def read_embeddings(path: str | os.PathLike, columns: Sequence[str] | None = Non
     return meta, matrix
 
 
-def _workers(threads: int, num_workers: int | None) -> int:
-    return max(0, min(threads - 1, 8)) if num_workers is None else num_workers
+def _workers(threads: int, num_workers: int | None, device=None) -> int:
+    """DataLoader workers from the job's threads; on the CPU the compute threads shrink to match
+    (loader workers + torch threads must not oversubscribe the cores)."""
+    workers = max(0, min(threads - 1, 8)) if num_workers is None else num_workers
+    if device is not None and device.type == "cpu" and workers:
+        torch.set_num_threads(max(1, threads - workers))
+    return workers
 
 
 def _ordered(index: pd.DataFrame) -> pd.DataFrame:
@@ -129,7 +152,7 @@ def embed_patches(*, tables: Sequence[str], stores: Sequence[str], statuses: Seq
               len(index), index["slide_id"].nunique(), fold, meta["backbone"], meta["pooling"], meta["img_size"],
               device)
     emb = compute_embeddings(model, index, batch_size=cfg.batch_size, device=device, bf16=cfg.bf16,
-                             num_workers=_workers(threads, num_workers), desc=f"embed fold {fold}")
+                             num_workers=_workers(threads, num_workers, device), desc=f"embed fold {fold}")
     _check_spread(emb, f"fold {fold}")
     write_parquet(embedding_table(index, emb), output, metadata={
         "fold": str(fold), "teacher": str(teacher), "backbone": meta["backbone"], "pooling": meta["pooling"],
@@ -154,7 +177,7 @@ def embed_initial(*, tables: Sequence[str], stores: Sequence[str], statuses: Seq
     _log.info("embedding %d patches with the initial %s backbone (%s)", len(index), dcfg.backbone,
               dcfg.weights or ("hub weights" if dcfg.hub else "random initialisation"))
     emb = compute_embeddings(model, index, batch_size=cfg.batch_size, device=device, bf16=cfg.bf16,
-                             num_workers=_workers(threads, num_workers), desc="embed initial")
+                             num_workers=_workers(threads, num_workers, device), desc="embed initial")
     write_parquet(embedding_table(index, emb), output, metadata={
         "fold": "initial", "backbone": dcfg.backbone, "pooling": dcfg.pooling, "img_size": str(dcfg.img_size),
         "embed_dim": str(emb.shape[1]), "weights": str(dcfg.weights), "duvflow_version": __version__})

@@ -272,6 +272,10 @@ def train_dino(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequen
         start = int(state["step"])
 
     workers = max(0, min(threads - 1, 8)) if num_workers is None else num_workers
+    if device.type == "cpu" and workers:
+        # the job's threads are shared: loader workers + compute threads must not oversubscribe the
+        # cores (a torch thread pool waiting on a descheduled thread stalls every op)
+        torch.set_num_threads(max(1, threads - workers))
     if cfg.augment_on not in ("auto", "device", "workers"):
         raise ValueError(f"dino.augment_on must be auto, device or workers, got {cfg.augment_on!r}")
     # on a GPU the batched augmentation is cheap on the device; on a CPU the workers do it in parallel
