@@ -12,6 +12,15 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    slide="|".join(re.escape(s) for s in SLIDES),
+    arm="|".join(re.escape(a) for a in ARMS),
+    cond="ssl|class",  # LDM conditioning: DINO embedding or class label
+    fold=r"\d+|all",  # cross-validation folds 0..K-1 and `all` (every slide trains)
+
+
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/tiling.smk"
 include: "workflow/rules/ssl.smk"
@@ -21,6 +30,6 @@ include: "workflow/rules/evaluate.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_outputs(),
-    default_target: True

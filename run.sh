@@ -38,7 +38,8 @@ demo)
     setup
     export PATH="$PWD/$VENV/bin:$PATH"
     snakemake --configfile config/demo.yaml --cores "${DUVFLOW_CORES:-2}" "$@"
-    echo "[duvflow] demo finished: outputs under results/demo-run/ (see README for the report)" >&2
+    snakemake --configfile config/demo.yaml --report results/report.html
+    echo "[duvflow] demo finished: results table in results/comparison/arms.md, report in results/report.html" >&2
     ;;
 test)
     setup

@@ -42,10 +42,11 @@ def load_sections(path: Path) -> dict:
 def paired(fns: dict, repeats: int, sync) -> dict:
     """Best (minimum) wall time of each function over ``repeats`` rounds, as ``timeit`` reports: on
     a shared machine the least-disturbed run is the best estimate. The functions run interleaved
-    (a, b, c, a, b, c, ...) after one warm-up round, so slow phases of the machine hit them alike."""
+    (a, b, c, b, c, a, ...) after one warm-up round, so slow phases of the machine hit them alike."""
     times = {name: [] for name in fns}
+    order = list(fns.items())
     for i in range(repeats + 1):
-        for name, fn in fns.items():
+        for name, fn in order[i % len(order):] + order[: i % len(order)]:  # rotated: no fixed order effects
             start = time.perf_counter()
             fn()
             sync()
@@ -128,8 +129,18 @@ def main(argv=None) -> None:
         return lambda: sample_images(unet, encoders[kind].eval(), vae, ddim, c, range(B), steps=args.steps,
                                      guidance=scfg.guidance, latent_shape=(C, size, size), device=device)
 
-    t = paired({"bare": bare_sampling, "guided": guided, "ssl": full("ssl"), "class": full("class")}, args.repeats,
-               sync)
+    class _NoUNet(torch.nn.Module):
+        """Stands in for the UNet to time what the sampler adds around it (cat, CFG, DDIM step)."""
+
+        def forward(self, x, t, context, return_dict=False):
+            return (x * 0.5,)
+
+    def loop_only():
+        with torch.no_grad():
+            guided_ddim(_NoUNet(), ctx2[:B], ctx2[B:], noise, ddim, args.steps, scfg.guidance)
+
+    t = paired({"bare": bare_sampling, "guided": guided, "ssl": full("ssl"), "class": full("class"),
+                "loop": loop_only}, args.repeats, sync)
     t_bare, t_guided, t_full = t["bare"], t["guided"], {"ssl": t["ssl"], "class": t["class"]}
     print(f"\nSampling, B = {B} synthetic patches per batch (UNet batch 2B = {2 * B}), {args.steps} DDIM steps, "
           f"guidance {scfg.guidance}")
@@ -138,6 +149,8 @@ def main(argv=None) -> None:
           f"ratio {t_guided / t_bare:.3f}  (target <= 1.15)")
     print(f"  sample_images incl. VAE decode (ssl)   {t_full['ssl'] / B * 1e3:9.2f} ms / patch   "
           f"ratio {t_full['ssl'] / t_bare:.3f}")
+    print(f"  sampler work around the UNet (stub UNet): {t['loop'] / args.steps * 1e3:.3f} ms / step = "
+          f"{t['loop'] / t_bare * 100:.1f}% of the bare UNet time (the ratio's floor is 1 + this)")
 
     # 2. training --------------------------------------------------------------------------------
     unet.train().requires_grad_(True)

@@ -54,3 +54,42 @@ def test_every_job_wrote_a_log(tiny_run):
 def test_completed_run_has_nothing_left_to_do(tiny_run):
     proc = snakemake(tiny_run, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_every_stage_wrote_well_formed_outputs(tiny_run):
+    res = tiny_run / "results"
+    splits = pd.read_csv(res / "splits.csv", dtype=str)
+    assert set(splits["fold"]) == {"0", "1", "all"}
+    for fold in ("0", "1"):
+        roles = splits[splits["fold"] == fold].set_index("slide_id")["role"]
+        train = set(roles[roles != "test"].index)
+        test = set(roles[roles == "test"].index)
+        assert test and not train & test
+        emb = pd.read_parquet(res / "embeddings" / f"fold_{fold}.parquet")
+        assert {"slide_id", "patch_index", "x", "y", "label", "role", "embedding"} <= set(emb.columns)
+        assert len({len(e) for e in emb["embedding"]}) == 1
+        assert (res / "dino" / f"fold_{fold}" / "teacher.safetensors").stat().st_size > 0
+        for cond in ("ssl", "class"):
+            manifest = pd.read_parquet(res / "synthetic" / cond / f"fold_{fold}" / "manifest.parquet")
+            assert len(manifest) > 0
+            assert set(manifest["source_slide"]) <= train, "synthetic patches must come from training slides"
+            assert all((res / "synthetic" / cond / f"fold_{fold}" / f).is_file() for f in manifest["file"])
+            fid = json.loads((res / "fid" / cond / f"fold_{fold}.json").read_text())
+            assert fid["n_synthetic"] == len(manifest)
+        slides = pd.read_csv(res / "predictions" / "real" / f"fold_{fold}" / "slides.csv", dtype={"fold": str})
+        test_rows = slides[slides["role"] == "test"]
+        assert set(test_rows["slide_id"]) == test
+        assert test_rows["score"].between(0, 1).all()
+    comparison = pd.read_csv(res / "comparison" / "arms.csv")
+    assert {"real", "real+class", "real+ssl"} <= set(comparison["arm"])
+    assert (res / "comparison" / "arms.md").read_text().count("| real") >= 3
+    assert json.loads((res / "deploy" / "real" / "model.json").read_text())
+
+
+def test_report_is_self_contained_html(tiny_run):
+    report = tiny_run / "report.html"
+    snakemake(tiny_run, "--report", str(report))
+    html = report.read_text(errors="replace")
+    assert report.stat().st_size > 100_000 and "<html" in html.lower()
+    for figure in ("cohort.png", "sweep.png", "arms.csv"):
+        assert figure in html, f"{figure} missing from the report"

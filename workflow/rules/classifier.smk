@@ -19,6 +19,8 @@ rule train_classifier:
         out("logs", "train_classifier", "{arm}", "fold_{fold}.log"),
     benchmark:
         out("benchmarks", "train_classifier", "{arm}", "fold_{fold}.tsv")
+    conda:
+        "../../envs/duvflow.yaml"
     threads: res("train_classifier", "threads")
     resources:
         mem_mb=res("train_classifier", "mem_mb"),
@@ -46,6 +48,8 @@ rule predict_tiles:
         out("logs", "predict_tiles", "{arm}", "fold_{fold}.log"),
     benchmark:
         out("benchmarks", "predict_tiles", "{arm}", "fold_{fold}.tsv")
+    conda:
+        "../../envs/duvflow.yaml"
     threads: res("predict_tiles", "threads")
     resources:
         mem_mb=res("predict_tiles", "mem_mb"),
@@ -68,6 +72,8 @@ rule export_model:
         meta=out("deploy", "{arm}", "model.json"),
     log:
         out("logs", "export_model", "{arm}.log"),
+    conda:
+        "../../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -87,6 +93,8 @@ rule predict_new_slides:
         out("logs", "predict_new_slides", "{arm}.log"),
     benchmark:
         out("benchmarks", "predict_new_slides", "{arm}.tsv")
+    conda:
+        "../../envs/duvflow.yaml"
     threads: res("predict_tiles", "threads")
     resources:
         mem_mb=res("predict_tiles", "mem_mb"),

@@ -1,13 +1,21 @@
-# Shared by every rule file: config and sample-sheet validation, wildcard constraints, paths and
-# input functions. Nothing here imports torch.
+# Shared by the other .smk files - config and sample-sheet validation, paths, resources, input
+# functions. Nothing here imports torch.
 import os
 import re
+import sys
 
 from snakemake.utils import validate
 
+# Rules import the `duvflow` package of this checkout whatever environment runs them (the venv,
+# a rule's conda env, a SLURM job): put src/ on the path of this process and of every job.
+DUVFLOW_SRC = os.path.join(workflow.basedir, "src")
+sys.path.insert(0, DUVFLOW_SRC)
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(filter(None, [DUVFLOW_SRC, os.getenv("PYTHONPATH")]))
+)
+
 from duvflow.sheet import SampleSheetError, read_sheet, validate_sheet
 from duvflow.slides.demo import cohort_plan
-
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -23,7 +31,10 @@ def load_samples():
     if config["demo"]["enabled"]:
         # The demo slides are outputs of `make_demo_slide`; their ids and labels are known now.
         plan = cohort_plan(config["demo"]["n_slides"], config["demo"]["seed"])
-        plan["path"] = [os.path.abspath(out("demo", "slides", f"{s}.tiff")) for s in plan["slide_id"]]
+        plan["path"] = [
+            os.path.abspath(out("demo", "slides", f"{s}.tiff"))
+            for s in plan["slide_id"]
+        ]
         return validate_sheet(plan, check_files=False, source="demo cohort")
     try:
         sheet = read_sheet(config["samples"])
@@ -37,13 +48,6 @@ samples = load_samples()
 SLIDES = list(samples["slide_id"])
 # classifier arms: `real`, or `real+<LDM condition>` (real patches + that condition's synthetic set)
 ARMS = list(config["arms"])
-
-
-wildcard_constraints:
-    slide="|".join(re.escape(s) for s in SLIDES),
-    arm="|".join(re.escape(a) for a in ARMS),
-    cond="ssl|class",  # LDM conditioning: DINO embedding or class label
-    fold=r"\d+|all",  # cross-validation folds 0..K-1 and `all` (every slide trains)
 
 
 def cfg(section):
@@ -85,7 +89,9 @@ def get_slide_label(wildcards):
 # --- classifier, aggregation, evaluation ---------------------------------------------------------
 DEPLOY_ARM = config["deploy"]["arm"] or ARMS[-1]
 if DEPLOY_ARM not in ARMS:
-    raise WorkflowError(f"deploy.arm {DEPLOY_ARM!r} is not one of the configured arms ({', '.join(ARMS)})")
+    raise WorkflowError(
+        f"deploy.arm {DEPLOY_ARM!r} is not one of the configured arms ({', '.join(ARMS)})"
+    )
 
 
 def cv_folds():
@@ -122,7 +128,9 @@ def get_classifier_inputs(wildcards):
 
 def get_fold_slide_tables(wildcards):
     """An arm's slide tables of the cross-validation folds (fold `all` has no test slides)."""
-    return expand(out("predictions", wildcards.arm, "fold_{fold}", "slides.csv"), fold=cv_folds())
+    return expand(
+        out("predictions", wildcards.arm, "fold_{fold}", "slides.csv"), fold=cv_folds()
+    )
 
 
 def get_fid_reports(arm):
@@ -131,11 +139,83 @@ def get_fid_reports(arm):
     return [out("fid", cond, f"fold_{k}.json") for k in cv_folds()] if cond else []
 
 
+# --- latent diffusion (ldm.smk) -------------------------------------------------------------
+# conditionings some classifier arm uses (`real+ssl` -> ssl); the figure needs both
+LDM_CONDS = [c for c in ("class", "ssl") if any(arm_condition(a) == c for a in ARMS)]
+
+
+def get_ldm_inputs(wildcards):
+    """Latent cache and VAE of the fold; the SSL arm also needs the fold's embeddings."""
+    inputs = {
+        "latents": out("latents", f"fold_{wildcards.fold}.h5"),
+        "vae": out("vae", f"fold_{wildcards.fold}"),
+    }
+    if wildcards.cond == "ssl":
+        inputs["embeddings"] = out("embeddings", f"fold_{wildcards.fold}.parquet")
+    return inputs
+
+
+def get_ldm_targets():
+    """Fidelity table and, with both conditionings, the per-fold comparison figures."""
+    if not LDM_CONDS:
+        return []
+    targets = [out("fid", "summary.csv"), out("fid", "summary.md")]
+    if len(LDM_CONDS) == 2:
+        targets += expand(out("fid", "samples", "fold_{fold}.png"), fold=cv_folds())
+    return targets
+
+
 def get_final_outputs():
     targets = [out("qc", "cohort.tsv"), out("qc", "cohort.png")]
     if config["demo"]["enabled"]:
-        targets.append(out("demo", "slides.csv"))  # the generated cohort's sample sheet (demo.smk)
+        targets.append(
+            out("demo", "slides.csv")
+        )  # the generated cohort's sample sheet (demo.smk)
     targets += get_ldm_targets()  # fidelity table + sample figures (ldm.smk)
     targets += get_ssl_targets()  # splits, embeddings, DINO curves, probes (ssl.smk)
-    targets += get_classifier_targets()  # results table, per-arm evaluation, deployable model (evaluate.smk)
+    targets += (
+        get_classifier_targets()
+    )  # results table, per-arm evaluation, deployable model (evaluate.smk)
+    return targets
+
+
+# --- self-supervised stage (ssl.smk) ---
+
+
+def ssl_weights(wildcards=None):
+    """The configured initial backbone weights file, as an input (so replacing it reruns DINO)."""
+    return [config["dino"]["weights"]] if config["dino"]["weights"] else []
+
+
+def initial_backbone():
+    """The dino settings that define the initial backbone (and only those: a changed lr or
+    epoch count must not re-embed the baseline)."""
+    keys = ("backbone", "model_kwargs", "weights", "hub", "img_size", "pooling")
+    return {k: config["dino"][k] for k in keys}
+
+
+def get_ssl_targets():
+    return [
+        out("splits.csv"),
+        *expand(out("embeddings", "fold_{fold}.parquet"), fold=FOLDS),
+        *expand(out("dino", "fold_{fold}", "metrics.png"), fold=FOLDS),
+        *expand(out("probe", "fold_{fold}", "projection.png"), fold=FOLDS),
+        out("probe", "summary.tsv"),
+        out("probe", "summary.png"),
+    ]
+
+
+# --- classification and evaluation (classifier.smk, evaluate.smk) ---
+
+
+def get_classifier_targets():
+    """The results table and ROC plot, each arm's evaluation and sweep, the deployable model."""
+    targets = [out("comparison", f) for f in ("arms.csv", "arms.md", "roc.png")]
+    targets += expand(
+        out("evaluation", "{arm}", "{f}"), arm=ARMS, f=("metrics.json", "sweep.png")
+    )
+    if config["deploy"]["enabled"]:
+        targets.append(out("deploy", DEPLOY_ARM, "model.json"))
+        if config["deploy"]["slides"]:
+            targets.append(out("deploy", DEPLOY_ARM, "new_slides"))
     return targets

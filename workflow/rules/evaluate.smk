@@ -2,19 +2,6 @@
 # upstream), cross-validated evaluation per arm, the theta sweep and the comparison of the arms.
 
 
-def get_classifier_targets():
-    """The results table and ROC plot, each arm's evaluation and sweep, the deployable model."""
-    targets = [out("comparison", f) for f in ("arms.csv", "arms.md", "roc.png")]
-    targets += expand(
-        out("evaluation", "{arm}", "{f}"), arm=ARMS, f=("metrics.json", "sweep.png")
-    )
-    if config["deploy"]["enabled"]:
-        targets.append(out("deploy", DEPLOY_ARM, "model.json"))
-        if config["deploy"]["slides"]:
-            targets.append(out("deploy", DEPLOY_ARM, "new_slides"))
-    return targets
-
-
 rule aggregate_slides:
     input:
         patches=out("predictions", "{arm}", "fold_{fold}", "patches.parquet"),
@@ -24,6 +11,8 @@ rule aggregate_slides:
         theta=out("predictions", "{arm}", "fold_{fold}", "theta.json"),
     log:
         out("logs", "aggregate_slides", "{arm}", "fold_{fold}.log"),
+    conda:
+        "../../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -56,6 +45,8 @@ rule evaluate_arm:
         ),
     log:
         out("logs", "evaluate_arm", "{arm}.log"),
+    conda:
+        "../../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -81,6 +72,8 @@ rule sweep_theta:
         ),
     log:
         out("logs", "sweep_theta", "{arm}.log"),
+    conda:
+        "../../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -112,6 +105,8 @@ rule compare_arms:
         ),
     log:
         out("logs", "compare_arms", "all.log"),
+    conda:
+        "../../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,

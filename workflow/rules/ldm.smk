@@ -2,30 +2,6 @@
 # configured pretrained one), the latent cache, one LDM per conditioning ({cond}: ssl = DINO
 # embedding, class = label), the synthetic patch folder the classifier adds, and its fidelity.
 
-# conditionings some classifier arm uses (`real+ssl` -> ssl); the figure needs both
-LDM_CONDS = [c for c in ("class", "ssl") if any(arm_condition(a) == c for a in ARMS)]
-
-
-def get_ldm_inputs(wildcards):
-    """Latent cache and VAE of the fold; the SSL arm also needs the fold's embeddings."""
-    inputs = {
-        "latents": out("latents", f"fold_{wildcards.fold}.h5"),
-        "vae": out("vae", f"fold_{wildcards.fold}"),
-    }
-    if wildcards.cond == "ssl":
-        inputs["embeddings"] = out("embeddings", f"fold_{wildcards.fold}.parquet")
-    return inputs
-
-
-def get_ldm_targets():
-    """Fidelity table and, with both conditionings, the per-fold comparison figures."""
-    if not LDM_CONDS:
-        return []
-    targets = [out("fid", "summary.csv"), out("fid", "summary.md")]
-    if len(LDM_CONDS) == 2:
-        targets += expand(out("fid", "samples", "fold_{fold}.png"), fold=cv_folds())
-    return targets
-
 
 rule train_vae:
     input:
@@ -37,6 +13,8 @@ rule train_vae:
         out("logs", "train_vae", "fold_{fold}.log"),
     benchmark:
         out("benchmarks", "train_vae", "fold_{fold}.tsv")
+    conda:
+        "../../envs/duvflow.yaml"
     threads: res("train_vae", "threads")
     resources:
         mem_mb=res("train_vae", "mem_mb"),
@@ -62,6 +40,8 @@ rule encode_latents:
         out("logs", "encode_latents", "fold_{fold}.log"),
     benchmark:
         out("benchmarks", "encode_latents", "fold_{fold}.tsv")
+    conda:
+        "../../envs/duvflow.yaml"
     threads: res("encode_latents", "threads")
     resources:
         mem_mb=res("encode_latents", "mem_mb"),
@@ -82,6 +62,8 @@ rule train_ldm:
         out("logs", "train_ldm", "{cond}", "fold_{fold}.log"),
     benchmark:
         out("benchmarks", "train_ldm", "{cond}", "fold_{fold}.tsv")
+    conda:
+        "../../envs/duvflow.yaml"
     threads: res("train_ldm", "threads")
     resources:
         mem_mb=res("train_ldm", "mem_mb"),
@@ -105,6 +87,8 @@ rule sample_ldm:
         out("logs", "sample_ldm", "{cond}", "fold_{fold}.log"),
     benchmark:
         out("benchmarks", "sample_ldm", "{cond}", "fold_{fold}.tsv")
+    conda:
+        "../../envs/duvflow.yaml"
     threads: res("sample_ldm", "threads")
     resources:
         mem_mb=res("sample_ldm", "mem_mb"),
@@ -130,6 +114,8 @@ rule measure_fidelity:
         out("logs", "measure_fidelity", "{cond}", "fold_{fold}.log"),
     benchmark:
         out("benchmarks", "measure_fidelity", "{cond}", "fold_{fold}.tsv")
+    conda:
+        "../../envs/duvflow.yaml"
     threads: res("measure_fidelity", "threads")
     resources:
         mem_mb=res("measure_fidelity", "mem_mb"),
@@ -157,6 +143,8 @@ rule plot_samples:
         ),
     log:
         out("logs", "plot_samples", "fold_{fold}.log"),
+    conda:
+        "../../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -182,6 +170,8 @@ rule summarise_fidelity:
         markdown=out("fid", "summary.md"),
     log:
         out("logs", "summarise_fidelity", "all.log"),
+    conda:
+        "../../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,

@@ -2,29 +2,6 @@
 # fold's teacher (and with the initial backbone, as the probes' baseline), and embedding probes.
 
 
-def ssl_weights(wildcards=None):
-    """The configured initial backbone weights file, as an input (so replacing it reruns DINO)."""
-    return [config["dino"]["weights"]] if config["dino"]["weights"] else []
-
-
-def initial_backbone():
-    """The dino settings that define the initial backbone (and only those: a changed lr or
-    epoch count must not re-embed the baseline)."""
-    keys = ("backbone", "model_kwargs", "weights", "hub", "img_size", "pooling")
-    return {k: config["dino"][k] for k in keys}
-
-
-def get_ssl_targets():
-    return [
-        out("splits.csv"),
-        *expand(out("embeddings", "fold_{fold}.parquet"), fold=FOLDS),
-        *expand(out("dino", "fold_{fold}", "metrics.png"), fold=FOLDS),
-        *expand(out("probe", "fold_{fold}", "projection.png"), fold=FOLDS),
-        out("probe", "summary.tsv"),
-        out("probe", "summary.png"),
-    ]
-
-
 rule make_splits:
     input:
         statuses=expand(out("tiles", "{slide}.json"), slide=SLIDES),
@@ -32,6 +9,8 @@ rule make_splits:
         splits=out("splits.csv"),
     log:
         out("logs", "make_splits", "all.log"),
+    conda:
+        "../../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -64,6 +43,8 @@ rule train_dino:
         out("logs", "train_dino", "fold_{fold}.log"),
     benchmark:
         out("benchmarks", "train_dino", "fold_{fold}.tsv")
+    conda:
+        "../../envs/duvflow.yaml"
     threads: res("train_dino", "threads")
     resources:
         mem_mb=res("train_dino", "mem_mb"),
@@ -90,6 +71,8 @@ rule embed_patches:
         out("logs", "embed_patches", "fold_{fold}.log"),
     benchmark:
         out("benchmarks", "embed_patches", "fold_{fold}.tsv")
+    conda:
+        "../../envs/duvflow.yaml"
     threads: res("embed_patches", "threads")
     resources:
         mem_mb=res("embed_patches", "mem_mb"),
@@ -111,6 +94,8 @@ rule embed_initial:
         out("logs", "embed_initial", "all.log"),
     benchmark:
         out("benchmarks", "embed_initial", "all.tsv")
+    conda:
+        "../../envs/duvflow.yaml"
     threads: res("embed_patches", "threads")
     resources:
         mem_mb=res("embed_patches", "mem_mb"),
@@ -139,6 +124,8 @@ rule probe_embeddings:
         ),
     log:
         out("logs", "probe_embeddings", "fold_{fold}.log"),
+    conda:
+        "../../envs/duvflow.yaml"
     threads: res("probe_embeddings", "threads")
     resources:
         mem_mb=res("probe_embeddings", "mem_mb"),
@@ -166,6 +153,8 @@ rule summarise_probes:
         ),
     log:
         out("logs", "summarise_probes", "all.log"),
+    conda:
+        "../../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,

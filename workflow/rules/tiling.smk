@@ -19,6 +19,8 @@ rule tile_slide:
         out("logs", "tile_slide", "{slide}.log"),
     benchmark:
         out("benchmarks", "tile_slide", "{slide}.tsv")
+    conda:
+        "../../envs/duvflow.yaml"
     threads: res("tile_slide", "threads")
     resources:
         mem_mb=res("tile_slide", "mem_mb"),
@@ -46,6 +48,8 @@ rule qc_cohort:
         ),
     log:
         out("logs", "qc_cohort", "all.log"),
+    conda:
+        "../../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,
