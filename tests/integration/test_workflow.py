@@ -21,10 +21,13 @@ def test_lint_reports_no_errors(tmp_path):
 def test_bad_sample_sheet_stops_before_any_job(tmp_path):
     sheet = tmp_path / "slides.csv"
     sheet.write_text("slide_id,path,label\nA,missing.tiff,benign\nA,also-missing.tiff,tumour\n")
-    proc = snakemake(tmp_path, "-n", "--config", f"samples={sheet}", "demo={'enabled': False}", check=False)
+    override = tmp_path / "sheet.yaml"
+    override.write_text(f"samples: {sheet}\ndemo:\n  enabled: false\n")
+    proc = snakemake(tmp_path, "-n", "--configfile", str(TEST_CONFIG), str(override), check=False)
     assert proc.returncode != 0
-    err = proc.stderr
-    assert "missing.tiff" in err and "duplicate slide_id 'A'" in err and "unknown label 'tumour'" in err
+    message = proc.stdout + proc.stderr
+    assert "missing.tiff" in message and "line 2" in message and "line 3" in message
+    assert "duplicate slide_id 'A'" in message and "unknown label 'tumour'" in message
     assert not (tmp_path / "results").exists()
 
 
