@@ -24,8 +24,9 @@ def from_dict(cls: type[T], values: dict[str, Any] | None, section: str | None =
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        where = f"config section {section!r}" if section else cls.__name__
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+        where = section or cls.__name__
+        raise ValueError(f"unknown {where} setting(s) {', '.join(unknown)} (unknown keys are an error: check the "
+                         f"spelling); known: {', '.join(sorted(fields))}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,14 +38,10 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
         if not tmp.exists():
             raise RuntimeError(f"atomic write of {target}: the writer produced nothing")
         if target.is_dir() and not target.is_symlink():
-            import shutil
-
             shutil.rmtree(target)
         os.replace(tmp, target)
     except BaseException:
         if tmp.is_dir():
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from duvflow.config import from_dict
 from duvflow.io import atomic_path, write_csv
 
 __all__ = [
@@ -66,12 +67,7 @@ class DemoConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> DemoConfig:
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown demo setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        cfg = cls(**d)
+        cfg = from_dict(cls, d, "demo")
         if cfg.n_slides < 2:
             raise ValueError(f"demo.n_slides must be at least 2 (one per class), got {cfg.n_slides}")
         if cfg.width < 256 or cfg.height < 256:

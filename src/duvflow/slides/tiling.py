@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from duvflow.config import from_dict
 from duvflow.io import atomic_path, write_json, write_parquet
 from duvflow.runtime import progress
 from duvflow.slides.reader import MissingMPPError, Slide, SlideReadError, composite, open_slide
@@ -65,12 +66,7 @@ class TilingConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> TilingConfig:
-        d = dict(d or {})
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ValueError(f"unknown tiling setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
-        cfg = cls(**d)
+        cfg = from_dict(cls, d, "tiling")
         problems = []
         if not (isinstance(cfg.level, int) and cfg.level >= 0):
             problems.append(f"level must be an integer >= 0, got {cfg.level!r}")
