@@ -6,8 +6,9 @@ setup_logging(snakemake.log[0])
 from duvflow.gpu import gpu_job
 from duvflow.ldm.vae import train_vae
 
-with gpu_job(snakemake.resources):
-    train_vae(
+with gpu_job(snakemake.resources) as job:  # gpu > 1: one data-parallel process per card
+    job.launch(
+        train_vae,
         tables=snakemake.input.tables, stores=snakemake.input.stores, statuses=snakemake.input.statuses,
         splits=snakemake.input.splits, fold=snakemake.wildcards.fold, output=snakemake.output.vae,
         checkpoint_dir=snakemake.params.checkpoint_dir, cfg=snakemake.params.vae, seed=snakemake.params.seed,

@@ -20,7 +20,7 @@ from typing import Any
 
 from duvflow.io import atomic_path
 
-__all__ = ["save_weights", "load_weights", "CheckpointManager", "rng_state", "restore_rng_state"]
+__all__ = ["CheckpointManager", "load_weights", "restore_rng_state", "rng_state", "save_weights"]
 
 _log = logging.getLogger(__name__)
 _CKPT = re.compile(r"^checkpoint-(\d+)\.pt$")
@@ -53,7 +53,7 @@ def load_weights(path: str | os.PathLike, device: str = "cpu") -> dict:
             obj = obj[key]
             break
     if not isinstance(obj, dict):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
+        raise TypeError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return obj
 
 

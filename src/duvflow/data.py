@@ -19,7 +19,7 @@ import pandas as pd
 from duvflow.io import read_json
 from duvflow.slides.store import PatchStore
 
-__all__ = ["LABEL_TO_INT", "load_patch_index", "attach_split", "PatchDataset", "to_float_tensor", "resize_batch"]
+__all__ = ["LABEL_TO_INT", "PatchDataset", "attach_split", "load_patch_index", "resize_batch", "to_float_tensor"]
 
 _log = logging.getLogger(__name__)
 LABEL_TO_INT = {"benign": 0, "malignant": 1}

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_json", "write_parquet", "write_csv", "read_json"]
+__all__ = ["atomic_path", "read_json", "write_csv", "write_json", "write_parquet"]
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import random
 import sys
 import warnings
 
-__all__ = ["setup_logging", "select_device", "autocast", "seed_everything", "progress", "configure_threads"]
+__all__ = ["autocast", "configure_threads", "progress", "seed_everything", "select_device", "setup_logging"]
 
 _log = logging.getLogger(__name__)
 

@@ -1,15 +1,17 @@
 """Data-parallel training: 2 gloo processes on the CPU train the same models as 1 process with the
 same global batch (gradients averaged over ranks, statistics and metrics all-reduced, rank 0
-writes), for the three trainers that support it: DINO, the classifier and the LDM.
+writes), for the four trainers that support it: DINO, the classifier, the VAE and the LDM.
 
 DINO's augmentation is switched to a deterministic resize and stochastic depth off, so both runs
 see identical views; the classifier seeds its augmentation per sample and the LDM draws the global
-batch's noise on every rank, so they run as configured. Any difference between the runs would
+batch's noise on every rank, and so does the VAE (augmentation and posterior noise), so they run
+as configured. Any difference between the runs would
 come from the distributed mechanics themselves.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -50,6 +52,8 @@ def _runs(data: dict, out: Path) -> list[tuple[str, dict]]:
     dino = tiny_dino(epochs=2, batch_size=8, lr=0.01, drop_path_rate=0.0, bf16=False, device="cpu",
                      checkpoint_every=4, **DETERMINISTIC_VIEWS)
     ldm = {**ldm_testdata.LDM_CFG, "steps": 8, "log_every": 1, "checkpoint_every": 4, "device": "cpu"}
+    vae = {**ldm_testdata.VAE_CFG, "steps": 6, "augment": True, "log_every": 1, "checkpoint_every": 3,
+           "device": "cpu"}
     return [
         ("dino", dict(**cohort, fold="0", teacher=str(out / "dino" / "teacher.safetensors"),
                       teacher_config=str(out / "dino" / "teacher.json"), metrics=str(out / "dino" / "metrics.csv"),
@@ -58,6 +62,8 @@ def _runs(data: dict, out: Path) -> list[tuple[str, dict]]:
                             meta_output=str(out / "clf" / "model.json"),
                             metrics_output=str(out / "clf" / "metrics.csv"), checkpoint_dir=str(out / "clf.ckpt"),
                             config=CLASSIFIER, seed=3, threads=2)),
+        ("vae", dict(**data["ldm_cohort"], fold="0", output=str(out / "vae"), checkpoint_dir=str(out / "vae.ckpt"),
+                     cfg=vae, seed=7, threads=2)),
         ("ldm", {"latents": data["latents"], "vae": data["vae"], "output": str(out / "ldm"),
                  "checkpoint_dir": str(out / "ldm.ckpt"), "condition": "ssl", "fold": "0", "cfg": ldm, "seed": 5,
                  "embeddings": data["embeddings"], "threads": 2}),
@@ -78,7 +84,7 @@ def runs(tmp_path_factory):
     encode_latents(vae=str(ldm_root / "vae"), **ldm_cohort, fold="0", output=str(ldm_root / "latents.h5"),
                    cfg=ldm_testdata.VAE_CFG)
     data = {"ssl": (root / "ssl", tables, stores, statuses), "vae": str(ldm_root / "vae"),
-            "latents": str(ldm_root / "latents.h5"), "embeddings": ldm_testdata.make_embeddings(ldm_root, "0")}
+            "latents": str(ldm_root / "latents.h5"), "ldm_cohort": ldm_cohort, "embeddings": ldm_testdata.make_embeddings(ldm_root, "0")}
 
     single = train_all(_runs(data, root / "one"))
     # what a rule with gpu=2 does with its two cards: torchrun, one worker per card (gloo on the CPU)
@@ -136,3 +142,17 @@ def test_ldm_follows_the_single_process_loss_trajectory(runs):
     for part in ("unet", "condition"):
         _same_weights(runs["one"] / "ldm" / part / "diffusion_pytorch_model.safetensors",
                       runs["two"] / "ldm" / part / "diffusion_pytorch_model.safetensors")
+
+
+def test_vae_follows_the_single_process_loss_trajectory(runs):
+    one = pd.read_csv(runs["one"] / "vae" / "metrics.csv")
+    two = pd.read_csv(runs["two"] / "vae" / "metrics.csv")
+    assert len(one) == len(two) == 6
+    assert one["loss"].std() > 1e-4, "the loss must move for the comparison to mean anything"
+    for col in ("loss", "recon", "kl"):
+        _close(two[col].to_numpy(), one[col].to_numpy())
+    _same_weights(runs["one"] / "vae" / "diffusion_pytorch_model.safetensors",
+                  runs["two"] / "vae" / "diffusion_pytorch_model.safetensors")
+    scaling = [json.loads((runs[k] / "vae" / "config.json").read_text())["scaling_factor"] for k in ("one", "two")]
+    assert scaling[0] == pytest.approx(scaling[1], rel=1e-4)
+    assert not (runs["two"] / "vae.ckpt").exists()  # rank 0 finished and cleared the resumable state

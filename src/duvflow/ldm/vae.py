@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from duvflow.checkpoint import CheckpointManager, load_weights, restore_rng_state, rng_state
 from duvflow.config import from_dict
 from duvflow.data import PatchDataset
+from duvflow.distributed import all_reduce_gradients, all_reduce_mean, init_distributed, shard_batches
 from duvflow.io import atomic_path, write_json
 from duvflow.ldm.common import MetricsLog, run_metadata
 from duvflow.ldm.config import VaeConfig
@@ -125,10 +126,15 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(latents / vae.config.scaling_factor).sample
 
 
-def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    # tissue has no canonical orientation: the 8 dihedral transforms are free extra data
-    ks = torch.randint(0, 4, (len(images),), generator=generator).tolist()
-    flips = torch.randint(0, 2, (len(images),), generator=generator).tolist()
+def _augment(images: torch.Tensor, generator: torch.Generator, offset: int = 0, total: int | None = None) -> torch.Tensor:
+    """Random dihedral transforms (tissue has no canonical orientation: 8 views for free).
+
+    The draws are made for the whole global batch of ``total`` images and this shard, which starts
+    at ``offset``, takes its own, so data-parallel ranks augment as a single process would.
+    """
+    total = total or len(images)
+    ks = torch.randint(0, 4, (total,), generator=generator)[offset:offset + len(images)].tolist()
+    flips = torch.randint(0, 2, (total,), generator=generator)[offset:offset + len(images)].tolist()
     out = [torch.rot90(img, k, dims=(1, 2)) for img, k in zip(images, ks, strict=True)]
     out = [img.flip(2) if f else img for img, f in zip(out, flips, strict=True)]
     return torch.stack(out)
@@ -136,7 +142,12 @@ def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def train_vae(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequence[str] | None, splits: str,
               fold: str, output: str, checkpoint_dir: str, cfg: dict, seed: int, threads: int = 1) -> None:
-    """Train (or reference a pretrained) VAE for ``fold``; writes the folder ``output``."""
+    """Train (or reference a pretrained) VAE for ``fold``; writes the folder ``output``.
+
+    Under torchrun (rule ``gpu`` > 1) each process trains on its contiguous shard of every global
+    batch (``batch_size`` stays global), gradients are averaged over ranks before clipping, and
+    only rank 0 writes metrics, checkpoints and the output.
+    """
     cfg = from_dict(VaeConfig, cfg, "vae")
     configure_threads(threads)
     if cfg.pretrained:
@@ -151,7 +162,8 @@ def train_vae(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequenc
 
     seed = fold_seed(seed, fold)
     seed_everything(seed)
-    device = select_device(cfg.device)
+    ctx = init_distributed(cfg.device)
+    device = ctx.device
     index = fold_training_patches(tables, stores, statuses, splits, fold)
     dataset = PatchDataset(index, size=cfg.image_size)
     vae = build_vae(cfg).to(device).train()
@@ -173,39 +185,54 @@ def train_vae(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequenc
         generator.set_state(state["generator"])
         restore_rng_state(state["rng"])
         start = int(state["step"])
-    metrics = MetricsLog(Path(checkpoint_dir) / "metrics.csv", ["step", "loss", "recon", "kl", "lr"], start)
+    metrics = (MetricsLog(Path(checkpoint_dir) / "metrics.csv", ["step", "loss", "recon", "kl", "lr"], start)
+               if ctx.is_main else None)
 
+    # every rank walks the same global batches and loads only its shard of each
+    global_batches = [batches(s).tolist() for s in range(start, cfg.steps)]
     # own generator: creating the loader must not draw from the (restored) global RNG
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=[batches(s).tolist() for s in range(start, cfg.steps)],
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=shard_batches(global_batches, ctx),
                                          num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(seed))
     pixels = 3 * cfg.image_size**2
+    params = list(vae.parameters())
+    offset = ctx.rank * (cfg.batch_size // ctx.world_size)
     step = start
     for images, _, _ in progress(loader, total=cfg.steps - start, desc=f"VAE fold {fold}", initial=0):
         images = images.to(device)
         if cfg.augment:
-            images = _augment(images, generator)
+            images = _augment(images, generator, offset, cfg.batch_size)
         x = images * 2 - 1
         posterior = vae.encode(x).latent_dist
-        z = posterior.sample(generator=generator)
+        # the posterior noise of the global batch, from the shared generator; this rank's part of it
+        eps = torch.randn((cfg.batch_size, *posterior.mean.shape[1:]), generator=generator)
+        z = posterior.mean + posterior.std * eps[offset:offset + len(x)].to(device)
         recon = vae.decode(z).sample
         rec = F.l1_loss(recon, x) if cfg.recon_loss == "l1" else F.mse_loss(recon, x)
         # LDM's weighting: kl_weight multiplies the KL against the per-image *summed* reconstruction
         kl = posterior.kl().mean() / pixels
         loss = rec + cfg.kl_weight * kl
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
+        all_reduce_gradients(params, ctx)  # equal shards: the mean of rank means is the global mean
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            metrics.log(step=step, loss=loss.item(), recon=rec.item(), kl=kl.item() * pixels,
+        logged = step % cfg.log_every == 0 or step == cfg.steps
+        if logged:
+            values = all_reduce_mean(torch.stack([loss, rec, kl]).detach().float(), ctx).tolist()
+        if not ctx.is_main:  # every rank holds the same weights; rank 0 writes
+            continue
+        if logged:
+            metrics.log(step=step, loss=values[0], recon=values[1], kl=values[2] * pixels,
                         lr=lr_scheduler.get_last_lr()[0])
         if step % cfg.checkpoint_every == 0 and step < cfg.steps:
             ckpt.save(step, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
                              "lr_scheduler": lr_scheduler.state_dict(), "generator": generator.get_state(),
                              "rng": rng_state()})
 
+    if not ctx.is_main:
+        return
     vae.eval().requires_grad_(False)
     scaling = cfg.scaling_factor or _estimate_scaling(vae, dataset, cfg, seed, device)
     vae.register_to_config(scaling_factor=float(scaling))
