@@ -7,10 +7,17 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 from PIL import Image
 
 from duvflow.slides.demo import write_pyramid_tiff
-from duvflow.slides.reader import MissingMPPError, SlideReadError, _mpp_from_properties, open_slide
+from duvflow.slides.reader import (
+    MissingMPPError,
+    SlideReadError,
+    _mpp_from_properties,
+    available_memory,
+    open_slide,
+)
 from duvflow.slides.store import PatchStore
 from duvflow.slides.tiling import TABLE_COLUMNS, TilingConfig, patch_grid, tile_slide, tissue_fractions
 
@@ -104,10 +111,71 @@ def test_reader_plain_image_modes(tmp_path):
     Image.fromarray(np.full((50, 60), 77, np.uint8), "L").save(grey)
     with open_slide(grey) as s:
         assert (s.read_rgb((0, 0), 0, (10, 10)) == 77).all()
-    deep = tmp_path / "deep.png"
-    Image.fromarray(np.full((50, 60), 4000, np.uint16)).save(deep)
-    with pytest.raises(SlideReadError, match=r"deep\.png.*unsupported pixel mode"):
-        open_slide(deep)
+    odd = tmp_path / "odd.tiff"
+    tifffile.imwrite(odd, np.zeros((5, 50, 60), np.uint16), photometric="minisblack")  # 5 channels: which 3?
+    with pytest.raises(SlideReadError, match=r"odd\.tiff.*shape \(5, 50, 60\)"):
+        open_slide(odd)
+
+
+def _fluorescence_12bit(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A 12-bit camera image in a 16-bit container: dark background, a bright tissue square."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal([60, 50, 80], 10, (h, w, 3))
+    img[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = rng.normal([2600, 1100, 2000], 300, (h // 2, w // 2, 3))
+    return np.clip(img, 0, 4095).astype(np.uint16)
+
+
+@pytest.mark.parametrize("layout", ["rgb16_tiff", "planar16_tiff", "grey16_png", "float_tiff"])
+def test_high_depth_plain_images_are_rescaled_to_8_bits(tmp_path, layout, caplog):
+    img = _fluorescence_12bit(120, 160)
+    path = tmp_path / f"{layout}.{'png' if 'png' in layout else 'tiff'}"
+    if layout == "rgb16_tiff":
+        tifffile.imwrite(path, img)
+    elif layout == "planar16_tiff":
+        tifffile.imwrite(path, np.moveaxis(img, -1, 0).copy(), photometric="minisblack")
+    elif layout == "grey16_png":
+        Image.fromarray(img[..., 0]).save(path)  # PIL mode I;16
+    else:
+        tifffile.imwrite(path, img.astype(np.float32) / 4095, photometric="rgb")
+    with open_slide(path) as s:
+        rgb = s.read_rgb((0, 0), 0, (160, 120))
+    assert rgb.dtype == np.uint8 and rgb.shape == (120, 160, 3)
+    # 12-bit data fills the 8-bit range: neither the high byte (dark) nor clipped flat
+    tissue, glass = rgb[40:80, 50:110], rgb[:20, :20]
+    assert tissue.mean() > 120 and glass.mean() < 30 and tissue.std() > 5
+    if layout != "grey16_png":  # one range for all channels: the colour balance survives
+        assert tissue[..., 0].mean() > tissue[..., 2].mean() > tissue[..., 1].mean()
+    assert "rescaled to 8 bits" in caplog.text and path.name in caplog.text
+
+
+def test_high_depth_fluorescence_is_tiled_like_an_8_bit_one(tmp_path):
+    path = tmp_path / "duv_16bit.tiff"
+    tifffile.imwrite(path, _fluorescence_12bit(800, 800, seed=1))
+    rec, p = _tile(tmp_path, path, patch_size=100)
+    assert rec["status"] == "ok" and rec["background"] == "dark"
+    assert "uint16 pixels rescaled to 8 bits" in rec["problems"]  # shown in the cohort QC table
+    table = pd.read_parquet(p["tiles"])
+    # the bright square is [200, 600) in both axes: exactly its 4 x 4 patches are kept
+    assert sorted(zip(table["x"], table["y"])) == [(x, y) for x in range(200, 600, 100) for y in range(200, 600, 100)]
+
+
+def test_large_plain_images_are_not_refused_by_the_pixel_limit(tmp_path, brightfield_png, monkeypatch):
+    # PIL refuses images above 2 x MAX_IMAGE_PIXELS as "decompression bombs"; real scans exceed it
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with open_slide(brightfield_png) as s:
+        assert s.dimensions == (1200, 1000)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # restored
+
+
+def test_plain_image_too_large_for_memory_names_file_and_remedy(tmp_path, brightfield_png, monkeypatch):
+    monkeypatch.setattr("duvflow.slides.reader.available_memory", lambda: 1 << 20)
+    with pytest.raises(SlideReadError, match=r"brightfield\.png.*1200x1000.*GiB available.*pyramidal TIFF"):
+        open_slide(brightfield_png)
+
+
+def test_available_memory_is_plausible():
+    free = available_memory()
+    assert free is None or 1 << 20 < free < 1 << 50
 
 
 @pytest.mark.parametrize("content", [b"", b"II*\x00" + bytes(range(256)) * 8, b"\x89PNG\r\n\x1a\n" + b"\x00" * 64,

@@ -8,21 +8,26 @@ becomes a :class:`SlideReadError` naming the file and the reason.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
 import numpy as np
 
-__all__ = ["MissingMPPError", "Slide", "SlideReadError", "composite", "open_slide"]
+__all__ = ["MissingMPPError", "Slide", "SlideReadError", "available_memory", "composite", "open_slide",
+           "rescale_to_uint8"]
 
 _log = logging.getLogger(__name__)
 
 # Plain-image pixel modes that convert losslessly (or as intended) to 8-bit RGB(A).
 _CONVERTIBLE_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+# Modes PIL opens with more than 8 bits per sample: rescaled (see rescale_to_uint8).
+_HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 # Resolution tags outside this range are placeholders (72 dpi, "1 pixel per unit"), not a microscope.
 _MPP_RANGE = (0.01, 100.0)
 _TIFF_UNIT_UM = {"centimeter": 1e4, "inch": 25400.0, "millimeter": 1e3, "micrometer": 1.0}
@@ -57,10 +62,11 @@ def composite(rgba: np.ndarray, fill: tuple[int, int, int]) -> np.ndarray:
 class Slide:
     """An open slide (use as a context manager). Coordinates are level-0 pixels unless noted."""
 
-    def __init__(self, path: str | os.PathLike, osr, *, kind: str):
+    def __init__(self, path: str | os.PathLike, osr, *, kind: str, notes: Sequence[str] = ()):
         self.path = Path(path)
         self._osr = osr
         self.kind = kind  # "openslide" (a whole-slide format) or "image" (plain image via PIL)
+        self.notes = list(notes)  # how the pixels were adapted on opening, for the QC record
         props = dict(osr.properties)
         self.properties = props
         self.vendor = props.get("openslide.vendor", "image")
@@ -148,9 +154,12 @@ class Slide:
 
 
 def open_slide(path: str | os.PathLike) -> Slide:
-    """Open a whole-slide image (any OpenSlide format) or a plain image (PNG, JPEG, stripped TIFF)."""
+    """Open a whole-slide image (any OpenSlide format) or a plain image (PNG, JPEG, stripped TIFF).
+
+    Plain images are decoded whole (memory permitting); 16-bit and float ones are rescaled to
+    8 bits (see :func:`rescale_to_uint8`).
+    """
     import openslide
-    from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.exists():
@@ -164,28 +173,10 @@ def open_slide(path: str | os.PathLike) -> Slide:
         osr, kind = None, "image"
     except openslide.OpenSlideError as err:
         raise SlideReadError(path, f"OpenSlide cannot open it: {err}") from err
+    notes: list[str] = []
     if osr is None:
-        try:
-            with warnings.catch_warnings():  # PIL warns about garbage it then rejects anyway
-                warnings.simplefilter("ignore")
-                image = Image.open(path)
-        except UnidentifiedImageError as err:
-            raise SlideReadError(path, "neither OpenSlide nor PIL recognises the file format "
-                                       "(not a slide or image, or corrupt)") from err
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise SlideReadError(path, f"cannot be opened as an image: {err}") from err
-        if image.mode not in _CONVERTIBLE_MODES:
-            raise SlideReadError(path, f"unsupported pixel mode {image.mode!r} (16-bit, 32-bit or float image); "
-                                       "convert it to 8-bit RGB")
-        try:
-            image.load()  # a plain image is decoded whole anyway; fail now if it is truncated
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            raise SlideReadError(path, f"image data is corrupt or truncated: {err}") from err
-        if image.mode not in ("RGB", "RGBA"):
-            has_alpha = image.mode in ("LA", "La", "PA", "RGBa") or "transparency" in image.info
-            image = image.convert("RGBA" if has_alpha else "RGB")
-        osr = openslide.ImageSlide(image)
-    slide = Slide(path, osr, kind=kind)
+        osr = openslide.ImageSlide(_read_plain_image(path, notes))
+    slide = Slide(path, osr, kind=kind, notes=notes)
     if min(slide.dimensions) < 1:
         slide.close()
         raise SlideReadError(path, f"has empty dimensions {slide.dimensions}")
@@ -199,6 +190,159 @@ def open_slide(path: str | os.PathLike) -> Slide:
     _log.info("opened %s: %s, %d level(s) %s, mpp %s (%s)", path, slide.vendor, slide.level_count,
               slide.level_dimensions, slide.mpp_xy, slide.mpp_source)
     return slide
+
+
+def _read_plain_image(path: Path, notes: list[str]):
+    """A plain image file as an 8-bit RGB(A) PIL image, or a :class:`SlideReadError` saying why not.
+
+    What was done to the pixels on the way (rescaling) is appended to ``notes``.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    tiff = _tiff_info(path)  # (sample dtype, width, height) of a TIFF, else None
+    image = None
+    try:
+        # PIL's decompression-bomb guard (~179 M pixels) would refuse ordinary large scans; the
+        # memory check below replaces it. PIL also warns about garbage it then rejects anyway.
+        with _no_pixel_limit(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(path)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        if tiff is None:  # a TIFF PIL cannot open (e.g. float RGB) is left to tifffile
+            reason = ("neither OpenSlide nor PIL recognises the file format (not a slide or image, or corrupt)"
+                      if isinstance(err, UnidentifiedImageError) else f"cannot be opened as an image: {err}")
+            raise SlideReadError(path, reason) from err
+    high_depth = (tiff is not None and tiff[0] != np.uint8) or (image is not None and image.mode in _HIGH_DEPTH_MODES)
+    if image is None and not high_depth:
+        raise SlideReadError(path, f"is a TIFF of {tiff[0].__name__} samples that neither OpenSlide nor PIL can decode")
+    if image is not None and image.mode not in _CONVERTIBLE_MODES and not high_depth:
+        raise SlideReadError(path, f"unsupported pixel mode {image.mode!r}; convert it to 8-bit RGB")
+    width, height = (image.width, image.height) if image is not None else tiff[1:]
+    _check_fits_in_memory(path, width, height, bytes_per_pixel=16 if high_depth else 8)
+    if high_depth:
+        pixels = _read_high_depth(path, image, tiff=tiff is not None)
+        notes.append(f"{pixels.dtype} pixels rescaled to 8 bits")
+        return Image.fromarray(rescale_to_uint8(pixels, path))
+    try:
+        image.load()  # a plain image is decoded whole anyway; fail now if it is truncated
+    except (OSError, ValueError, SyntaxError) as err:
+        raise SlideReadError(path, f"image data is corrupt or truncated: {err}") from err
+    if image.mode not in ("RGB", "RGBA"):
+        has_alpha = image.mode in ("LA", "La", "PA", "RGBa") or "transparency" in image.info
+        image = image.convert("RGBA" if has_alpha else "RGB")
+    return image
+
+
+@contextlib.contextmanager
+def _no_pixel_limit():
+    from PIL import Image
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the smaller of the machine's available memory and
+    the room left under a cgroup (v2) limit, as SLURM and containers set; None when unknown."""
+    found = []
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            found.append(max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def _check_fits_in_memory(path: Path, width: int, height: int, bytes_per_pixel: int) -> None:
+    need = width * height * bytes_per_pixel  # decoded pixels plus the 8-bit RGB(A) copy
+    free = available_memory()
+    if free is not None and need > 0.8 * free:
+        raise SlideReadError(path, f"is a plain (non-tiled) {width}x{height} image that is decoded whole: "
+                                   f"about {need / 2**30:.1f} GiB needed, {free / 2**30:.1f} GiB available. "
+                                   "Convert it to a tiled pyramidal TIFF, which is read region by region, e.g. "
+                                   "`vips tiffsave in.tif out.tif --tile --pyramid --compression deflate`")
+
+
+def _tiff_info(path: Path) -> tuple[type, int, int] | None:
+    """(sample dtype, width, height) of a TIFF's first image; None for other files."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            return page.dtype.type, int(page.imagewidth), int(page.imagelength)
+    except Exception:  # noqa: BLE001 - not a TIFF, or one tifffile cannot parse: PIL decides
+        return None
+
+
+def _read_high_depth(path: Path, image, *, tiff: bool) -> np.ndarray:
+    """Pixels of a 16-bit/float image as (h, w[, c]): TIFFs via tifffile (all samples), others via PIL."""
+    import tifffile
+
+    try:
+        if tiff:
+            pixels = tifffile.imread(path, series=0, level=0)
+        else:
+            pixels = np.asarray(image)
+    except Exception as err:  # any decoder failure means a bad file
+        raise SlideReadError(path, f"image data cannot be decoded: {err}") from err
+    pixels = np.squeeze(pixels)
+    if pixels.ndim == 3 and pixels.shape[0] in (3, 4) and pixels.shape[-1] not in (3, 4):
+        pixels = np.moveaxis(pixels, 0, -1)  # planar (samples, h, w) -> (h, w, samples)
+    if pixels.ndim == 3 and pixels.shape[-1] == 2:
+        pixels = pixels[..., :1]  # grey + alpha: the grey
+    if not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[-1] in (1, 3, 4))):
+        raise SlideReadError(path, f"has pixel array shape {pixels.shape}: expected grey, RGB or RGBA "
+                                   "(one image, 1, 3 or 4 samples per pixel)")
+    return pixels
+
+
+def rescale_to_uint8(pixels: np.ndarray, path: str | os.PathLike = "image") -> np.ndarray:
+    """16-bit / float pixels -> 8-bit RGB(A), linearly from the 0.1th to the 99.9th percentile.
+
+    One range for all colour channels keeps the colour balance; the percentiles (from a
+    subsample) ignore hot pixels and empty borders, so 12-bit camera data in 16-bit containers
+    and float exports both fill the 8-bit range. An alpha channel is kept only as opaque/not.
+    """
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    alpha = None
+    if pixels.ndim == 3 and pixels.shape[-1] == 4:
+        alpha = np.where(pixels[..., 3] > 0, 255, 0).astype(np.uint8)
+        pixels = pixels[..., :3]
+    values = pixels.astype(np.float32, copy=False)
+    step = max(1, int(np.sqrt(values.size / 4e6)))  # ~4 M samples are plenty for two percentiles
+    sample = values[::step, ::step]
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        raise SlideReadError(path, "holds no finite pixel values")
+    lo, hi = (float(v) for v in np.percentile(sample, [0.1, 99.9]))
+    if hi <= lo:
+        hi = lo + 1.0
+    out = np.empty(values.shape, np.uint8)
+    for r0 in range(0, values.shape[0], 2048):  # in row blocks: no full-size float temporaries
+        block = np.nan_to_num(values[r0:r0 + 2048], nan=lo, posinf=hi, neginf=lo)
+        out[r0:r0 + 2048] = np.clip(np.rint((block - lo) * (255.0 / (hi - lo))), 0, 255)
+    if out.ndim == 2:
+        out = np.repeat(out[..., None], 3, axis=-1)
+    if alpha is not None:
+        out = np.concatenate([out, alpha[..., None]], axis=-1)
+    _log.warning("%s: %s pixels rescaled to 8 bits, linearly from %.4g (0.1th percentile) to %.4g (99.9th)",
+                 path, pixels.dtype, lo, hi)
+    return out
 
 
 def _mpp_from_properties(props: dict[str, str], path: Path) -> tuple[tuple[float, float] | None, str | None]:

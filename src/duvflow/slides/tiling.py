@@ -222,6 +222,7 @@ def _tile(slide: Slide, cfg: TilingConfig, record: dict, *, tiles, store, thumbn
         record.update(mpp=(mpp[0] + mpp[1]) / 2, mpp_x=mpp[0], mpp_y=mpp[1])
         if abs(mpp[0] - mpp[1]) > 0.02 * max(mpp):
             record["problems"].append(f"non-square pixels (mpp {mpp[0]:.4g} x {mpp[1]:.4g})")
+    record["problems"].extend(slide.notes)
     if mpp_source is None:
         record["problems"].append("no MPP metadata")
     elif mpp_source == "default_mpp":
