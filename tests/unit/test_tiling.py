@@ -148,6 +148,41 @@ def test_high_depth_plain_images_are_rescaled_to_8_bits(tmp_path, layout, caplog
     assert "rescaled to 8 bits" in caplog.text and path.name in caplog.text
 
 
+def test_tiled_16_bit_tiff_is_rescaled_unless_too_large(tmp_path, monkeypatch):
+    # OpenSlide opens a tiled 16-bit TIFF but keeps only the high byte: 12-bit data comes out black
+    path = tmp_path / "tiled16.tiff"
+    tifffile.imwrite(path, _fluorescence_12bit(300, 400), tile=(256, 256), resolution=(2e4, 2e4),
+                     resolutionunit="CENTIMETER")
+    with open_slide(path) as s:
+        assert s.kind == "image" and s.mpp_xy == pytest.approx((0.5, 0.5))
+        assert s.read_rgb((100, 80), 0, (200, 140)).mean() > 120
+    monkeypatch.setattr("duvflow.slides.reader.available_memory", lambda: 1 << 20)
+    with open_slide(path) as s:
+        assert s.kind == "openslide" and s.read_rgb((100, 80), 0, (200, 140)).mean() < 16
+        assert any("high 8 bits" in note for note in s.notes)
+
+
+@pytest.mark.parametrize(("fmt", "save", "expected"), [
+    ("tiff", {"resolution": (2e4, 2e4), "resolutionunit": "CENTIMETER"}, (0.5, 0.5)),  # 20000 px/cm
+    ("png", {"dpi": (101600, 50800)}, (0.25, 0.5)),  # pHYs, stored in px/m
+    ("jpg", {"dpi": (72, 72)}, None),  # a placeholder density, not a microscope
+    ("png", {}, None),
+])
+def test_plain_image_resolution_gives_mpp(tmp_path, fmt, save, expected):
+    img = np.full((40, 50, 3), 200, np.uint8)
+    path = tmp_path / f"plain.{fmt}"
+    if fmt == "tiff":
+        tifffile.imwrite(path, img, **save)  # stripped: OpenSlide refuses it, PIL reads it
+    else:
+        Image.fromarray(img).save(path, **save)
+    with open_slide(path) as s:
+        assert s.kind == "image"
+        if expected is None:
+            assert s.mpp_xy is None
+        else:
+            assert s.mpp_xy == pytest.approx(expected, rel=1e-3)
+
+
 def test_high_depth_fluorescence_is_tiled_like_an_8_bit_one(tmp_path):
     path = tmp_path / "duv_16bit.tiff"
     tifffile.imwrite(path, _fluorescence_12bit(800, 800, seed=1))

@@ -62,12 +62,14 @@ def composite(rgba: np.ndarray, fill: tuple[int, int, int]) -> np.ndarray:
 class Slide:
     """An open slide (use as a context manager). Coordinates are level-0 pixels unless noted."""
 
-    def __init__(self, path: str | os.PathLike, osr, *, kind: str, notes: Sequence[str] = ()):
+    def __init__(self, path: str | os.PathLike, osr, *, kind: str, notes: Sequence[str] = (),
+                 properties: dict[str, str] | None = None):
         self.path = Path(path)
         self._osr = osr
         self.kind = kind  # "openslide" (a whole-slide format) or "image" (plain image via PIL)
         self.notes = list(notes)  # how the pixels were adapted on opening, for the QC record
-        props = dict(osr.properties)
+        # a plain image's own metadata (resolution) joins what OpenSlide reports
+        props = {**(properties or {}), **dict(osr.properties)}
         self.properties = props
         self.vendor = props.get("openslide.vendor", "image")
         self.level_count = int(osr.level_count)
@@ -174,9 +176,13 @@ def open_slide(path: str | os.PathLike) -> Slide:
     except openslide.OpenSlideError as err:
         raise SlideReadError(path, f"OpenSlide cannot open it: {err}") from err
     notes: list[str] = []
+    properties: dict[str, str] = {}
+    if osr is not None and osr.properties.get("openslide.vendor") == "generic-tiff":
+        osr, kind = _deep_tiff_as_image(path, osr, notes, properties)
     if osr is None:
-        osr = openslide.ImageSlide(_read_plain_image(path, notes))
-    slide = Slide(path, osr, kind=kind, notes=notes)
+        image, properties = _read_plain_image(path, notes)
+        osr = openslide.ImageSlide(image)
+    slide = Slide(path, osr, kind=kind, notes=notes, properties=properties)
     if min(slide.dimensions) < 1:
         slide.close()
         raise SlideReadError(path, f"has empty dimensions {slide.dimensions}")
@@ -192,10 +198,33 @@ def open_slide(path: str | os.PathLike) -> Slide:
     return slide
 
 
-def _read_plain_image(path: Path, notes: list[str]):
-    """A plain image file as an 8-bit RGB(A) PIL image, or a :class:`SlideReadError` saying why not.
+def _deep_tiff_as_image(path: Path, osr, notes: list[str], properties: dict[str, str]):
+    """(OpenSlide handle or None, kind) for a TIFF that OpenSlide opened as generic-tiff.
 
-    What was done to the pixels on the way (rescaling) is appended to ``notes``.
+    OpenSlide keeps only the high byte of 16-bit samples, so 12-bit camera data comes out nearly
+    black. Such a TIFF is read as a plain image instead (rescaled; see :func:`rescale_to_uint8`)
+    when it fits in memory; otherwise OpenSlide reads it, with a note in the QC record.
+    """
+    info = _tiff_info(path)
+    if info is None or info[0] == np.uint8:
+        return osr, "openslide"
+    try:
+        _check_fits_in_memory(path, info[1], info[2], bytes_per_pixel=16)
+    except SlideReadError as err:
+        notes.append(f"{info[0].__name__} samples read by OpenSlide as their high 8 bits (too large to rescale)")
+        _log.warning("%s: OpenSlide reads the high 8 bits of its %s samples; dim images lose contrast (%s)",
+                     path, info[0].__name__, err.reason)
+        return osr, "openslide"
+    osr.close()
+    return None, "image"
+
+
+def _read_plain_image(path: Path, notes: list[str]):
+    """A plain image file as (8-bit RGB(A) PIL image, resolution properties), or a
+    :class:`SlideReadError` saying why not.
+
+    What was done to the pixels on the way (rescaling) is appended to ``notes``. The properties
+    use OpenSlide's TIFF names (``tiff.XResolution``, ...), also for PNG/JPEG density.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -217,12 +246,13 @@ def _read_plain_image(path: Path, notes: list[str]):
         raise SlideReadError(path, f"is a TIFF of {tiff[0].__name__} samples that neither OpenSlide nor PIL can decode")
     if image is not None and image.mode not in _CONVERTIBLE_MODES and not high_depth:
         raise SlideReadError(path, f"unsupported pixel mode {image.mode!r}; convert it to 8-bit RGB")
+    properties = _resolution_properties(path, image, tiff is not None)
     width, height = (image.width, image.height) if image is not None else tiff[1:]
     _check_fits_in_memory(path, width, height, bytes_per_pixel=16 if high_depth else 8)
     if high_depth:
         pixels = _read_high_depth(path, image, tiff=tiff is not None)
         notes.append(f"{pixels.dtype} pixels rescaled to 8 bits")
-        return Image.fromarray(rescale_to_uint8(pixels, path))
+        return Image.fromarray(rescale_to_uint8(pixels, path)), properties
     try:
         image.load()  # a plain image is decoded whole anyway; fail now if it is truncated
     except (OSError, ValueError, SyntaxError) as err:
@@ -230,7 +260,33 @@ def _read_plain_image(path: Path, notes: list[str]):
     if image.mode not in ("RGB", "RGBA"):
         has_alpha = image.mode in ("LA", "La", "PA", "RGBa") or "transparency" in image.info
         image = image.convert("RGBA" if has_alpha else "RGB")
-    return image
+    return image, properties
+
+
+# TIFF ResolutionUnit codes (2, 3 standard; 4, 5 as tifffile writes them) -> OpenSlide's names
+_RESOLUTION_UNITS = {2: "inch", 3: "centimeter", 4: "millimeter", 5: "micrometer"}
+
+
+def _resolution_properties(path: Path, image, tiff: bool) -> dict[str, str]:
+    """A plain image's pixel density: TIFF resolution tags, else PIL's ``dpi`` (PNG pHYs, JPEG JFIF)."""
+    if tiff:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                tags = tif.pages[0].tags
+                unit = _RESOLUTION_UNITS.get(int(tags["ResolutionUnit"].value)) if "ResolutionUnit" in tags else None
+                x, y = (tags[k].value if k in tags else None for k in ("XResolution", "YResolution"))
+        except Exception:  # noqa: BLE001 - unreadable tags: no resolution
+            return {}
+        if unit is None or x is None:
+            return {}
+        res = [v[0] / v[1] if isinstance(v, tuple) and v[1] else v for v in (x, y or x)]
+        return {"tiff.ResolutionUnit": unit, "tiff.XResolution": str(res[0]), "tiff.YResolution": str(res[1])}
+    dpi = image.info.get("dpi") if image is not None else None
+    if not dpi:
+        return {}
+    return {"tiff.ResolutionUnit": "inch", "tiff.XResolution": str(dpi[0]), "tiff.YResolution": str(dpi[1])}
 
 
 @contextlib.contextmanager
@@ -354,7 +410,7 @@ def _mpp_from_properties(props: dict[str, str], path: Path) -> tuple[tuple[float
         res = _pair(props.get("tiff.XResolution"), props.get("tiff.YResolution"))
         if unit in _TIFF_UNIT_UM and res is not None:
             mpp = (_TIFF_UNIT_UM[unit] / res[0], _TIFF_UNIT_UM[unit] / res[1])
-            source = f"tiff resolution ({unit})"
+            source = f"tiff resolution ({unit})"  # also a PNG/JPEG density, named alike
     if mpp is None:
         return None, None
     lo, hi = _MPP_RANGE
