@@ -178,7 +178,7 @@ def open_slide(path: str | os.PathLike) -> Slide:
     notes: list[str] = []
     properties: dict[str, str] = {}
     if osr is not None and osr.properties.get("openslide.vendor") == "generic-tiff":
-        osr, kind = _deep_tiff_as_image(path, osr, notes, properties)
+        osr, kind = _deep_tiff_as_image(path, osr, notes)
     if osr is None:
         image, properties = _read_plain_image(path, notes)
         osr = openslide.ImageSlide(image)
@@ -198,7 +198,7 @@ def open_slide(path: str | os.PathLike) -> Slide:
     return slide
 
 
-def _deep_tiff_as_image(path: Path, osr, notes: list[str], properties: dict[str, str]):
+def _deep_tiff_as_image(path: Path, osr, notes: list[str]):
     """(OpenSlide handle or None, kind) for a TIFF that OpenSlide opened as generic-tiff.
 
     OpenSlide keeps only the high byte of 16-bit samples, so 12-bit camera data comes out nearly
@@ -323,7 +323,7 @@ def available_memory() -> int | None:
 
 
 def _check_fits_in_memory(path: Path, width: int, height: int, bytes_per_pixel: int) -> None:
-    need = width * height * bytes_per_pixel  # decoded pixels plus the 8-bit RGB(A) copy
+    need = width * height * bytes_per_pixel  # decoded pixels, the 8-bit RGB(A) copy, a little headroom
     free = available_memory()
     if free is not None and need > 0.8 * free:
         raise SlideReadError(path, f"is a plain (non-tiled) {width}x{height} image that is decoded whole: "
@@ -379,18 +379,17 @@ def rescale_to_uint8(pixels: np.ndarray, path: str | os.PathLike = "image") -> n
     if pixels.ndim == 3 and pixels.shape[-1] == 4:
         alpha = np.where(pixels[..., 3] > 0, 255, 0).astype(np.uint8)
         pixels = pixels[..., :3]
-    values = pixels.astype(np.float32, copy=False)
-    step = max(1, int(np.sqrt(values.size / 4e6)))  # ~4 M samples are plenty for two percentiles
-    sample = values[::step, ::step]
+    step = max(1, int(np.sqrt(pixels.size / 4e6)))  # ~4 M samples are plenty for two percentiles
+    sample = pixels[::step, ::step].astype(np.float32)
     sample = sample[np.isfinite(sample)]
     if sample.size == 0:
         raise SlideReadError(path, "holds no finite pixel values")
     lo, hi = (float(v) for v in np.percentile(sample, [0.1, 99.9]))
     if hi <= lo:
         hi = lo + 1.0
-    out = np.empty(values.shape, np.uint8)
-    for r0 in range(0, values.shape[0], 2048):  # in row blocks: no full-size float temporaries
-        block = np.nan_to_num(values[r0:r0 + 2048], nan=lo, posinf=hi, neginf=lo)
+    out = np.empty(pixels.shape, np.uint8)
+    for r0 in range(0, pixels.shape[0], 2048):  # in row blocks: no full-size float temporaries
+        block = np.nan_to_num(pixels[r0:r0 + 2048].astype(np.float32), nan=lo, posinf=hi, neginf=lo)
         out[r0:r0 + 2048] = np.clip(np.rint((block - lo) * (255.0 / (hi - lo))), 0, 255)
     if out.ndim == 2:
         out = np.repeat(out[..., None], 3, axis=-1)
