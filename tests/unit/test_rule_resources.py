@@ -13,7 +13,7 @@ RULE_FILES = sorted((ROOT / "workflow" / "rules").glob("*.smk"))
 # rule-name prefixes of the training / embedding / sampling / inference stages: they run on GPUs
 GPU_PREFIXES = ("train_", "embed_", "encode_", "sample_", "predict_", "measure_")
 # training rules whose package function runs data-parallel when the rule asks for several GPUs
-DDP_RULES = {"train_dino", "train_classifier", "train_ldm"}
+DDP_RULES = {"train_dino", "train_vae", "train_ldm", "train_classifier"}
 
 
 def _rules() -> dict[str, str]:
