@@ -9,6 +9,7 @@ becomes a :class:`SlideReadError` naming the file and the reason.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -177,10 +178,12 @@ def open_slide(path: str | os.PathLike) -> Slide:
         raise SlideReadError(path, f"OpenSlide cannot open it: {err}") from err
     notes: list[str] = []
     properties: dict[str, str] = {}
-    if osr is not None and osr.properties.get("openslide.vendor") == "generic-tiff":
-        osr, kind = _deep_tiff_as_image(path, osr, notes)
+    generic_tiff = osr is not None and osr.properties.get("openslide.vendor") == "generic-tiff"
+    tiff = _tiff_info(path) if osr is None or generic_tiff else None
+    if generic_tiff and tiff is not None and tiff.dtype != np.uint8:
+        osr, kind = _deep_tiff_as_image(path, osr, tiff, notes)
     if osr is None:
-        image, properties = _read_plain_image(path, notes)
+        image, properties = _read_plain_image(path, tiff, notes)
         osr = openslide.ImageSlide(image)
     slide = Slide(path, osr, kind=kind, notes=notes, properties=properties)
     if min(slide.dimensions) < 1:
@@ -198,28 +201,26 @@ def open_slide(path: str | os.PathLike) -> Slide:
     return slide
 
 
-def _deep_tiff_as_image(path: Path, osr, notes: list[str]):
-    """(OpenSlide handle or None, kind) for a TIFF that OpenSlide opened as generic-tiff.
+def _deep_tiff_as_image(path: Path, osr, tiff: _TiffInfo, notes: list[str]):
+    """(OpenSlide handle or None, kind) for a >8-bit TIFF that OpenSlide opened as generic-tiff.
 
     OpenSlide keeps only the high byte of 16-bit samples, so 12-bit camera data comes out nearly
     black. Such a TIFF is read as a plain image instead (rescaled; see :func:`rescale_to_uint8`)
     when it fits in memory; otherwise OpenSlide reads it, with a note in the QC record.
     """
-    info = _tiff_info(path)
-    if info is None or info[0] == np.uint8:
-        return osr, "openslide"
     try:
-        _check_fits_in_memory(path, info[1], info[2], bytes_per_pixel=16)
+        _check_fits_in_memory(path, tiff.width, tiff.height, bytes_per_pixel=16)
     except SlideReadError as err:
-        notes.append(f"{info[0].__name__} samples read by OpenSlide as their high 8 bits (too large to rescale)")
+        name = tiff.dtype.__name__
+        notes.append(f"{name} samples read by OpenSlide as their high 8 bits (too large to rescale)")
         _log.warning("%s: OpenSlide reads the high 8 bits of its %s samples; dim images lose contrast (%s)",
-                     path, info[0].__name__, err.reason)
+                     path, name, err.reason)
         return osr, "openslide"
     osr.close()
     return None, "image"
 
 
-def _read_plain_image(path: Path, notes: list[str]):
+def _read_plain_image(path: Path, tiff: _TiffInfo | None, notes: list[str]):
     """A plain image file as (8-bit RGB(A) PIL image, resolution properties), or a
     :class:`SlideReadError` saying why not.
 
@@ -228,7 +229,6 @@ def _read_plain_image(path: Path, notes: list[str]):
     """
     from PIL import Image, UnidentifiedImageError
 
-    tiff = _tiff_info(path)  # (sample dtype, width, height) of a TIFF, else None
     image = None
     try:
         # PIL's decompression-bomb guard (~179 M pixels) would refuse ordinary large scans; the
@@ -241,13 +241,13 @@ def _read_plain_image(path: Path, notes: list[str]):
             reason = ("neither OpenSlide nor PIL recognises the file format (not a slide or image, or corrupt)"
                       if isinstance(err, UnidentifiedImageError) else f"cannot be opened as an image: {err}")
             raise SlideReadError(path, reason) from err
-    high_depth = (tiff is not None and tiff[0] != np.uint8) or (image is not None and image.mode in _HIGH_DEPTH_MODES)
+    high_depth = (tiff is not None and tiff.dtype != np.uint8) or (image is not None and image.mode in _HIGH_DEPTH_MODES)
     if image is None and not high_depth:
-        raise SlideReadError(path, f"is a TIFF of {tiff[0].__name__} samples that neither OpenSlide nor PIL can decode")
+        raise SlideReadError(path, f"is a TIFF of {tiff.dtype.__name__} samples that neither OpenSlide nor PIL can decode")
     if image is not None and image.mode not in _CONVERTIBLE_MODES and not high_depth:
         raise SlideReadError(path, f"unsupported pixel mode {image.mode!r}; convert it to 8-bit RGB")
-    properties = _resolution_properties(path, image, tiff is not None)
-    width, height = (image.width, image.height) if image is not None else tiff[1:]
+    properties = tiff.resolution if tiff is not None else _density_properties(image)
+    width, height = (image.width, image.height) if image is not None else (tiff.width, tiff.height)
     _check_fits_in_memory(path, width, height, bytes_per_pixel=16 if high_depth else 8)
     if high_depth:
         pixels = _read_high_depth(path, image, tiff=tiff is not None)
@@ -267,22 +267,8 @@ def _read_plain_image(path: Path, notes: list[str]):
 _RESOLUTION_UNITS = {2: "inch", 3: "centimeter", 4: "millimeter", 5: "micrometer"}
 
 
-def _resolution_properties(path: Path, image, tiff: bool) -> dict[str, str]:
-    """A plain image's pixel density: TIFF resolution tags, else PIL's ``dpi`` (PNG pHYs, JPEG JFIF)."""
-    if tiff:
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(path) as tif:
-                tags = tif.pages[0].tags
-                unit = _RESOLUTION_UNITS.get(int(tags["ResolutionUnit"].value)) if "ResolutionUnit" in tags else None
-                x, y = (tags[k].value if k in tags else None for k in ("XResolution", "YResolution"))
-        except Exception:  # noqa: BLE001 - unreadable tags: no resolution
-            return {}
-        if unit is None or x is None:
-            return {}
-        res = [v[0] / v[1] if isinstance(v, tuple) and v[1] else v for v in (x, y or x)]
-        return {"tiff.ResolutionUnit": unit, "tiff.XResolution": str(res[0]), "tiff.YResolution": str(res[1])}
+def _density_properties(image) -> dict[str, str]:
+    """A PNG/JPEG's pixel density (PIL's ``dpi``: PNG pHYs, JPEG JFIF) under OpenSlide's TIFF names."""
     dpi = image.info.get("dpi") if image is not None else None
     if not dpi:
         return {}
@@ -332,16 +318,34 @@ def _check_fits_in_memory(path: Path, width: int, height: int, bytes_per_pixel: 
                                    "`vips tiffsave in.tif out.tif --tile --pyramid --compression deflate`")
 
 
-def _tiff_info(path: Path) -> tuple[type, int, int] | None:
-    """(sample dtype, width, height) of a TIFF's first image; None for other files."""
+@dataclasses.dataclass(frozen=True)
+class _TiffInfo:
+    """What the header of a TIFF's first image says, read once per slide."""
+
+    dtype: type  # numpy sample type
+    width: int
+    height: int
+    resolution: dict[str, str]  # tiff.ResolutionUnit / XResolution / YResolution, as OpenSlide names them
+
+
+def _tiff_info(path: Path) -> _TiffInfo | None:
+    """The first image's header of a TIFF; None for other files."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            return page.dtype.type, int(page.imagewidth), int(page.imagelength)
+            tags = page.tags
+            unit = _RESOLUTION_UNITS.get(int(tags["ResolutionUnit"].value)) if "ResolutionUnit" in tags else None
+            x, y = (tags[k].value if k in tags else None for k in ("XResolution", "YResolution"))
+            dtype, width, height = page.dtype.type, int(page.imagewidth), int(page.imagelength)
     except Exception:  # noqa: BLE001 - not a TIFF, or one tifffile cannot parse: PIL decides
         return None
+    resolution = {}
+    if unit is not None and x is not None:
+        res = [v[0] / v[1] if isinstance(v, tuple) and v[1] else v for v in (x, y or x)]
+        resolution = {"tiff.ResolutionUnit": unit, "tiff.XResolution": str(res[0]), "tiff.YResolution": str(res[1])}
+    return _TiffInfo(dtype, width, height, resolution)
 
 
 def _read_high_depth(path: Path, image, *, tiff: bool) -> np.ndarray:
