@@ -218,15 +218,13 @@ def train_vae(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequenc
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        logged = step % cfg.log_every == 0 or step == cfg.steps
-        if logged:
-            values = all_reduce_mean(torch.stack([loss, rec, kl]).detach().float(), ctx).tolist()
-        if not ctx.is_main:  # every rank holds the same weights; rank 0 writes
-            continue
-        if logged:
-            metrics.log(step=step, loss=values[0], recon=values[1], kl=values[2] * pixels,
-                        lr=lr_scheduler.get_last_lr()[0])
-        if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            values = all_reduce_mean(torch.stack([loss, rec, kl]).detach().float(), ctx).tolist()  # all ranks join
+            if ctx.is_main:
+                metrics.log(step=step, loss=values[0], recon=values[1], kl=values[2] * pixels,
+                            lr=lr_scheduler.get_last_lr()[0])
+        # every rank holds the same weights; rank 0 writes
+        if ctx.is_main and step % cfg.checkpoint_every == 0 and step < cfg.steps:
             ckpt.save(step, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
                              "lr_scheduler": lr_scheduler.state_dict(), "generator": generator.get_state(),
                              "rng": rng_state()})
