@@ -312,7 +312,7 @@ def _check_fits_in_memory(path: Path, width: int, height: int, bytes_per_pixel: 
     need = width * height * bytes_per_pixel  # decoded pixels, the 8-bit RGB(A) copy, a little headroom
     free = available_memory()
     if free is not None and need > 0.8 * free:
-        raise SlideReadError(path, f"is a plain (non-tiled) {width}x{height} image that is decoded whole: "
+        raise SlideReadError(path, f"is a {width}x{height} image that has to be decoded whole: "
                                    f"about {need / 2**30:.1f} GiB needed, {free / 2**30:.1f} GiB available. "
                                    "Convert it to a tiled pyramidal TIFF, which is read region by region, e.g. "
                                    "`vips tiffsave in.tif out.tif --tile --pyramid --compression deflate`")
