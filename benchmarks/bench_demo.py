@@ -32,7 +32,7 @@ AGGREGATION_SIDE = {"aggregate_slides", "evaluate_arm", "sweep_theta", "compare_
 
 
 def snakemake(workdir: Path, configs: list[Path], cores: int, *extra: str) -> tuple[float, str]:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir),
            "--configfile", *map(str, configs), "--cores", str(cores), *extra]
     start = time.perf_counter()
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True,

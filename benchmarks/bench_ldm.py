@@ -14,7 +14,7 @@ the CPU demo config), then, in one process:
 Prints the figures; asserts nothing::
 
     python benchmarks/bench_ldm.py                       # demo sizes, 2 threads
-    python benchmarks/bench_ldm.py --config config.yaml --device cuda   # paper sizes on a GPU
+    python benchmarks/bench_ldm.py --config config/config.yaml --device cuda   # paper sizes on a GPU
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def load_sections(path: Path) -> dict:
     """config.yaml's sections updated with those of ``path`` (as ``--configfile`` would)."""
-    base = yaml.safe_load((ROOT / "config.yaml").read_text())
-    if path.resolve() != (ROOT / "config.yaml").resolve():
+    base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    if path.resolve() != (ROOT / "config" / "config.yaml").resolve():
         for key, value in (yaml.safe_load(path.read_text()) or {}).items():
             base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return {k: base.get(k, {}) for k in ("vae", "ldm", "sampling")}
@@ -60,7 +60,7 @@ def main(argv=None) -> None:
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
-    from duvflow.config import from_dict
+    from duvflow.core.config import from_dict
     from duvflow.ldm.conditioning import ConditionEncoder
     from duvflow.ldm.config import LdmConfig, SamplingConfig, VaeConfig
     from duvflow.ldm.sample import guided_ddim, sample_images

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from duvflow.runtime import autocast, configure_threads, select_device
+from duvflow.core.runtime import autocast, configure_threads, select_device
 from duvflow.slides.store import PatchStoreWriter
 from duvflow.ssl.embed import compute_embeddings
 from duvflow.ssl.head import DINOHead, MultiCropModel

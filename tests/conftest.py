@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from duvflow.slides.demo import render_slide, write_pyramid_tiff
+from duvflow.demo.cohort import render_slide, write_pyramid_tiff
 
 
 @functools.lru_cache(maxsize=16)

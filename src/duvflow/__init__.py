@@ -1,6 +1,6 @@
 """duvflow: DINO-guided latent diffusion for slide-level breast cancer classification.
 
-The package holds the method's logic; Snakemake rules and ``scripts/`` only unpack their
+The package holds the method's logic; Snakemake rules and ``workflow/scripts/`` only unpack their
 inputs and call one function here.
 """
 

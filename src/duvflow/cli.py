@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from duvflow.runtime import setup_logging
+    from duvflow.core.runtime import setup_logging
 
     setup_logging(None)
     if args.command == "predict":

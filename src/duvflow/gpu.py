@@ -75,14 +75,14 @@ class GpuJob:
 
     def launch(self, fn: Callable[..., Any], /, **kwargs: Any) -> Any:
         """Run a DDP-aware training function: directly with one device (or none), else once per
-        device under ``torchrun`` (see :func:`duvflow.distributed.launch`).
+        device under ``torchrun`` (see :func:`duvflow.train.distributed.launch`).
 
         Functions that are not DDP-aware (embedding, sampling) are simply called inside the
         ``with gpu_job(...)`` block instead.
         """
         if self.nproc == 1:
             return fn(**kwargs)
-        from duvflow.distributed import launch
+        from duvflow.train.distributed import launch
 
         return launch(fn, kwargs, nproc=self.nproc)
 
@@ -136,7 +136,7 @@ def candidate_ids(environ: Mapping[str, str] | None = None) -> tuple[list[str], 
 
 
 def visible_gpu_count() -> int:
-    """How many cards jobs here can share; ``profiles/default`` caps concurrent GPU jobs with it."""
+    """How many cards jobs here can share; ``workflow/profiles/default`` caps concurrent GPU jobs with it."""
     return len(candidate_ids()[0])
 
 
@@ -303,7 +303,7 @@ def gpu_job(resources: Any, **kwargs: Any) -> Iterator[GpuJob]:
     """The GPU rule entry points' helper: ``with gpu_job(snakemake.resources) as job: ...``.
 
     Claims the rule's ``gpu`` resource worth of cards (see :func:`allocate_gpus`); inside the
-    block ``duvflow.runtime.select_device()`` returns the claimed card (or the CPU, with a warning,
+    block ``duvflow.core.runtime.select_device()`` returns the claimed card (or the CPU, with a warning,
     where there is none) and ``job.launch(train_fn, **kw)`` runs a DDP-aware trainer on all of them.
     """
     with allocate_gpus(gpu_count(resources), **kwargs) as job:

@@ -2,7 +2,7 @@
 
 tests/cluster/start-local-slurm.sh starts slurmctld + slurmd + munged with two fake GPUs; the tiny
 cohort's tiling, splits and DINO training (GPU-tagged here) are submitted with
-`--profile profiles/slurm`. Checks: every job went through sbatch and completed in SLURM, the GPU
+`--profile workflow/profiles/slurm`. Checks: every job went through sbatch and completed in SLURM, the GPU
 jobs asked for a GPU and jobs running at the same time got different cards, and the outputs equal
 those of the local run of the same config. The daemons the test started are stopped by PID.
 """
@@ -88,8 +88,8 @@ def test_tiny_cohort_through_the_slurm_profile(slurm_cluster, tiny_run, tmp_path
     env = dict(slurm_cluster, DUVFLOW_PROGRESS="0", DUVFLOW_SLURM_PARTITION="debug",
                DUVFLOW_SLURM_GPU_PARTITION="debug", DUVFLOW_SLURM_ACCOUNT="duvflow",
                DUVFLOW_GPU_LOCK_DIR=str(tmp_path / "gpu-locks"))  # jobs inherit it (sbatch --export=ALL)
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(TEST_CONFIG), str(overlay), "--profile", str(ROOT / "profiles" / "slurm"),
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(TEST_CONFIG), str(overlay), "--profile", str(ROOT / "workflow" / "profiles" / "slurm"),
            "--slurm-init-seconds-before-status-checks", "1", *TARGETS]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900, check=False)

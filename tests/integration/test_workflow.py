@@ -45,7 +45,7 @@ def test_tiles_and_qc(tiny_run):
         assert store[0].shape == (200, 200, 3)
         assert (tiny_run / "results" / "qc" / "thumbnails" / f"{slide}.png").stat().st_size > 0
     assert (tiny_run / "results" / "qc" / "cohort.png").stat().st_size > 0
-    assert TEST_CONFIG.is_file() and (ROOT / "Snakefile").is_file()
+    assert TEST_CONFIG.is_file() and (ROOT / "workflow" / "Snakefile").is_file()
 
 
 def test_every_job_wrote_a_log(tiny_run):

@@ -13,7 +13,7 @@ TEST_CONFIG = ROOT / "tests" / "config.yaml"
 
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run Snakemake on the project's Snakefile in ``workdir`` with the test config."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(TEST_CONFIG), "--cores", "2", *args]
     env = dict(os.environ, DUVFLOW_PROGRESS="0")
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env, check=False)

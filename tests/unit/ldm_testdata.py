@@ -86,8 +86,8 @@ def make_teacher(root: Path, img_size: int = 32) -> tuple[str, str]:
     """A tiny random ViT saved as train_dino does (safetensors state dict + teacher.json)."""
     import torch
 
-    from duvflow.backbone import create_backbone
-    from duvflow.checkpoint import save_weights
+    from duvflow.core.backbone import create_backbone
+    from duvflow.train.checkpoint import save_weights
 
     torch.manual_seed(0)
     kwargs = {"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 8, "global_pool": "token",

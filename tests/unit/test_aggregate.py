@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from duvflow.aggregate import (
+from duvflow.evaluate.aggregate import (
     AggregateConfig,
     aggregate_slides,
     binary_metrics,

@@ -13,9 +13,9 @@ from PIL import Image
 from duvflow.classifier import load_classifier, predict_tiles, train_classifier
 from duvflow.classifier.data import LeakageError, PatchImages, augment, check_no_leakage, epoch_batches
 from duvflow.classifier.train import ClassifierConfig, _validate
-from duvflow.config import from_dict
-from duvflow.io import write_json
-from duvflow.runtime import select_device
+from duvflow.core.config import from_dict
+from duvflow.core.io import write_json
+from duvflow.core.runtime import select_device
 from duvflow.slides.store import PatchStoreWriter
 
 PATCH = 40
@@ -104,7 +104,7 @@ def test_micro_training_learns_and_the_saved_model_reproduces_its_selection(coho
     # the saved weights are the selected epoch's: its validation numbers come back exactly
     model, loaded = load_classifier(out)
     cfg = from_dict(ClassifierConfig, TINY)
-    from duvflow.data import attach_split, load_patch_index
+    from duvflow.core.patches import attach_split, load_patch_index
 
     index = attach_split(load_patch_index(cohort["tables"], cohort["stores"], cohort["statuses"]), cohort["splits"], "0")
     val = index[index["role"] == "val"].reset_index(drop=True)
@@ -156,10 +156,10 @@ def test_resumed_training_equals_an_uninterrupted_run(cohort, monkeypatch, caplo
     assert [p.name for p in sorted((cohort["root"] / "part.ckpt").iterdir())] == ["checkpoint-00000003.pt",
                                                                                   "checkpoint-00000004.pt"]
     monkeypatch.undo()
-    with caplog.at_level("INFO", logger="duvflow.checkpoint"):
+    with caplog.at_level("INFO", logger="duvflow.train.checkpoint"):
         _train(cohort, part, config=cfg)
     assert "resuming from" in caplog.text and "(step 4)" in caplog.text
-    from duvflow.checkpoint import load_weights
+    from duvflow.train.checkpoint import load_weights
 
     a, b = load_weights(full / "model.safetensors"), load_weights(part / "model.safetensors")
     assert a.keys() == b.keys()
@@ -194,8 +194,8 @@ def test_leakage_checks(cohort):
     synth = pd.DataFrame({"source_slide": ["zz"]})
     with pytest.raises(LeakageError, match="outside"):
         check_no_leakage(split, "0", ["tr_b1"], [], synth)
-    # every fold of a real split table: no test slide trains (real splits made by duvflow.splits)
-    from duvflow.splits import SplitsConfig, assign_folds
+    # every fold of a real split table: no test slide trains (real splits made by duvflow.core.splits)
+    from duvflow.core.splits import SplitsConfig, assign_folds
 
     labels = {f"s{i}": "malignant" if i % 2 else "benign" for i in range(10)}
     table = assign_folds(labels, SplitsConfig(n_folds=3, val_fraction=0.2), seed=0)
@@ -265,7 +265,7 @@ def test_synthetic_set_errors_name_the_problem(tmp_path):
 
 def test_preloaded_images_equal_streamed_ones(cohort):
     from duvflow.classifier.data import AugmentConfig
-    from duvflow.data import load_patch_index
+    from duvflow.core.patches import load_patch_index
 
     index = load_patch_index(cohort["tables"][:2], cohort["stores"][:2], cohort["statuses"][:2])
     synth = _synthetic(cohort["root"] / "syn", ["tr_b1", "tr_m1"], np.random.default_rng(1))

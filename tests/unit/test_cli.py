@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from duvflow.checkpoint import save_weights
 from duvflow.classifier.deploy import export_model, resolve_theta
 from duvflow.classifier.model import build_classifier
 from duvflow.cli import main
-from duvflow.io import write_json
+from duvflow.core.io import write_json
+from duvflow.train.checkpoint import save_weights
 
 TILING = {"level": 0, "patch_size": 128, "patch_um": None, "default_mpp": None, "background": "auto",
           "min_tissue_fraction": 0.5, "thumbnail_max": 512, "on_bad_slide": "fail", "store_compression": "lzf"}

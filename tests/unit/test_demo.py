@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
-from duvflow.sheet import read_sheet
-from duvflow.slides.demo import (
+from duvflow.core.sheet import read_sheet
+from duvflow.demo.cohort import (
     DemoConfig,
     cohort_plan,
     generate_slide,
@@ -92,7 +92,7 @@ def test_rendering_is_deterministic():
 
 def test_band_rendering_is_seamless():
     """Rendering goes band by band (memory); the image must not depend on the band height."""
-    from duvflow.slides.demo import _Slide
+    from duvflow.demo.cohort import _Slide
 
     a = _Slide(pattern="mixed", seed=4, width=500, height=700, mpp=0.5).render(band=256)
     b = _Slide(pattern="mixed", seed=4, width=500, height=700, mpp=0.5).render(band=90)

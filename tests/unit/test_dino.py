@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from ssl_cohort import labels_for, make_cohort, tiny_dino
 
-from duvflow.splits import make_splits
+from duvflow.core.splits import make_splits
 from duvflow.ssl.augment import AugmentConfig, CropConfig, MultiCropAugment, random_resized_boxes
 from duvflow.ssl.head import DINOHead
 from duvflow.ssl.loss import DINOLoss

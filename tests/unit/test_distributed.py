@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from duvflow.distributed import DistContext, all_reduce_mean, launch, shard_batch, shard_batches, wrap_model
+from duvflow.train.distributed import DistContext, all_reduce_mean, launch, shard_batch, shard_batches, wrap_model
 
 
 def test_single_process_helpers_are_no_ops():

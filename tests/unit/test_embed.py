@@ -11,8 +11,8 @@ import timm
 import torch
 from ssl_cohort import labels_for, make_cohort, tiny_dino
 
-from duvflow.data import resize_batch
-from duvflow.splits import make_splits
+from duvflow.core.patches import resize_batch
+from duvflow.core.splits import make_splits
 from duvflow.ssl.embed import embed_initial, embed_patches, read_embeddings
 from duvflow.ssl.model import load_teacher
 from duvflow.ssl.probe import probe_embeddings, summarise_probes
@@ -142,7 +142,7 @@ def test_probe_reports_before_and_after(trained, tmp_path, caplog):
 
 def test_probe_separates_labels_on_separable_embeddings(tmp_path):
     # embeddings where the label is one coordinate: the probe must find it; the "initial" ones are noise
-    from duvflow.io import write_parquet
+    from duvflow.core.io import write_parquet
     from duvflow.ssl.embed import embedding_table
 
     rng = np.random.default_rng(0)

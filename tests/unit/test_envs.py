@@ -18,7 +18,7 @@ def test_every_requirement_is_pinned_exactly():
 
 
 def test_conda_env_has_the_same_pins_as_requirements():
-    env = yaml.safe_load((ROOT / "envs" / "duvflow.yaml").read_text())
+    env = yaml.safe_load((ROOT / "workflow" / "envs" / "duvflow.yaml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     conda_pins = {p for p in pip_section if "==" in p}
     assert conda_pins == _requirements()

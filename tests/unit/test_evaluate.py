@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from duvflow.aggregate import binary_metrics
-from duvflow.evaluate import (
+from duvflow.evaluate.aggregate import binary_metrics
+from duvflow.evaluate.evaluation import (
     _auc_rows,
     _counts_metrics,
     bootstrap_metrics,

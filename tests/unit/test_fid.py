@@ -11,7 +11,7 @@ import torch
 from ldm_testdata import ROLES, SLIDES, make_cohort, make_teacher
 from PIL import Image
 
-from duvflow.data import PatchDataset
+from duvflow.core.patches import PatchDataset
 from duvflow.ldm import fidelity
 from duvflow.ldm.data import fold_training_patches
 from duvflow.ldm.fidelity import (

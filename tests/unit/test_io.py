@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from duvflow.io import atomic_path, read_json, write_csv, write_json, write_parquet
+from duvflow.core.io import atomic_path, read_json, write_csv, write_json, write_parquet
 
 
 def test_success_renames_into_place(tmp_path):

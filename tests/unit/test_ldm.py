@@ -7,7 +7,7 @@ import pytest
 import torch
 from ldm_testdata import VAE_CFG, make_cohort
 
-from duvflow.config import from_dict
+from duvflow.core.config import from_dict
 from duvflow.ldm.conditioning import ConditionEncoder, drop_mask
 from duvflow.ldm.config import LdmConfig, VaeConfig
 from duvflow.ldm.data import StepBatches, read_latent_store
@@ -152,7 +152,7 @@ def test_vae_round_trip_shape_and_scale(tmp_path):
 
     # the same network loads back from a diffusers folder and from a bare weights file
     vae.save_pretrained(tmp_path / "folder")
-    from duvflow.checkpoint import save_weights
+    from duvflow.train.checkpoint import save_weights
 
     save_weights(vae.state_dict(), tmp_path / "vae.safetensors")
     for source in (load_vae(tmp_path / "folder"), load_vae(tmp_path / "vae.safetensors", cfg)):
@@ -218,5 +218,5 @@ def test_schema_documents_every_setting_with_a_matching_default(section):
         default = tuple(spec["default"]) if isinstance(spec["default"], list) else spec["default"]
         assert default == fields[key], key
     # the shipped configs parse (paper scale, demo, tests)
-    for cfg_file in ("config.yaml", "config/demo.yaml", "tests/config.yaml"):
+    for cfg_file in ("config/config.yaml", "config/demo.yaml", "tests/config.yaml"):
         from_dict(cls, yaml.safe_load((root / cfg_file).read_text()).get(section, {}), section)

@@ -10,10 +10,10 @@ import pytest
 import torch
 from ldm_testdata import LDM_CFG, ROLES, SAMPLING_CFG, SLIDES, VAE_CFG, make_cohort, make_embeddings
 
-from duvflow.checkpoint import CheckpointManager
 from duvflow.ldm.sample import sample_images, sample_synthetic, synthetic_count
 from duvflow.ldm.train import load_ldm, save_ldm, train_ldm
 from duvflow.ldm.vae import encode_latents, load_vae, train_vae
+from duvflow.train.checkpoint import CheckpointManager
 
 torch.set_num_threads(1)
 SEED = 11
@@ -102,7 +102,7 @@ def test_resume_after_interruption_continues_to_the_same_model(stage, monkeypatc
     assert not (stage["root"] / "ldm" / "resumed").exists()  # nothing half-written looks finished
     assert (stage["root"] / "ldm" / "resumed.ckpt" / "checkpoint-00000020.pt").is_file()
     monkeypatch.setattr(CheckpointManager, "save", original)
-    with caplog.at_level(logging.INFO, logger="duvflow.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="duvflow.train.checkpoint"):
         out = _train(stage, "resumed")
     assert "resuming from" in caplog.text and "step 20" in caplog.text
     metrics = pd.read_csv(out / "metrics.csv")

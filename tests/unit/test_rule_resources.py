@@ -74,14 +74,14 @@ def test_gpu_tag_and_device_claim_go_together(name):
 
 
 def test_slurm_profile_sends_exactly_the_gpu_rules_to_the_gpu_partition():
-    profile = yte.process_yaml((ROOT / "profiles" / "slurm" / "config.yaml").read_text(), require_use_yte=True)
+    profile = yte.process_yaml((ROOT / "workflow" / "profiles" / "slurm" / "config.yaml").read_text(), require_use_yte=True)
     gpu_partition_rules = {rule for rule, res in profile["set-resources"].items() if "slurm_partition" in res}
     assert gpu_partition_rules == _gpu_rules()
     assert profile["executor"] == "slurm" and profile["slurm-status-command"] == "squeue"
 
 
 def test_default_profile_caps_gpu_jobs_at_the_visible_cards(monkeypatch):
-    text = (ROOT / "profiles" / "default" / "config.yaml").read_text()
+    text = (ROOT / "workflow" / "profiles" / "default" / "config.yaml").read_text()
     monkeypatch.setattr("sys.argv", ["snakemake", "--cores", "4"])
     monkeypatch.delenv("DUVFLOW_GPUS", raising=False)
     monkeypatch.delenv("SNAKEMAKE_PROFILE", raising=False)
@@ -93,5 +93,5 @@ def test_default_profile_caps_gpu_jobs_at_the_visible_cards(monkeypatch):
     monkeypatch.setenv("DUVFLOW_GPUS", "2")
     assert yte.process_yaml(text, require_use_yte=True)["resources"] == {"gpu": 2}
     # a SLURM run also loads this profile; SLURM grants the cards there, so no local cap
-    monkeypatch.setattr("sys.argv", ["snakemake", "--profile", "profiles/slurm"])
+    monkeypatch.setattr("sys.argv", ["snakemake", "--profile", "workflow/profiles/slurm"])
     assert "resources" not in yte.process_yaml(text, require_use_yte=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from duvflow.sheet import SampleSheetError, read_sheet
+from duvflow.core.sheet import SampleSheetError, read_sheet
 
 
 def _sheet(tmp_path: Path, text: str, name: str = "slides.csv") -> Path:

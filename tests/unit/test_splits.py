@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from duvflow.splits import SplitsConfig, assign_folds, check_no_leakage, fold_seed, make_splits
+from duvflow.core.splits import SplitsConfig, assign_folds, check_no_leakage, fold_seed, make_splits
 
 
 def _labels(n_benign, n_malignant):

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from duvflow.io import atomic_path
+from duvflow.core.io import atomic_path
 from duvflow.slides.reader import open_slide
 from duvflow.slides.store import PatchStore, PatchStoreWriter
 from duvflow.slides.tiling import tile_slide

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from duvflow.slides.demo import write_pyramid_tiff
+from duvflow.demo.cohort import write_pyramid_tiff
 from duvflow.slides.reader import (
     MissingMPPError,
     SlideReadError,

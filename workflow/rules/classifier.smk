@@ -20,7 +20,7 @@ rule train_classifier:
     benchmark:
         out("benchmarks", "train_classifier", "{arm}", "fold_{fold}.tsv")
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: res("train_classifier", "threads")
     resources:
         mem_mb=res("train_classifier", "mem_mb"),
@@ -33,7 +33,7 @@ rule train_classifier:
         # resumable checkpoints: undeclared, so a failed job's are kept for the rerun
         checkpoint_dir=lambda wc: out("classifier", wc.arm, f"fold_{wc.fold}.ckpt"),
     script:
-        "../../scripts/train_classifier.py"
+        "../scripts/train_classifier.py"
 
 
 rule predict_tiles:
@@ -49,7 +49,7 @@ rule predict_tiles:
     benchmark:
         out("benchmarks", "predict_tiles", "{arm}", "fold_{fold}.tsv")
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: res("predict_tiles", "threads")
     resources:
         mem_mb=res("predict_tiles", "mem_mb"),
@@ -59,7 +59,7 @@ rule predict_tiles:
         classifier=cfg("classifier"),
         model_dir=lambda wc, input: os.path.dirname(input.model),
     script:
-        "../../scripts/predict_tiles.py"
+        "../scripts/predict_tiles.py"
 
 
 rule export_model:
@@ -73,13 +73,13 @@ rule export_model:
     log:
         out("logs", "export_model", "{arm}.log"),
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
     script:
-        "../../scripts/export_model.py"
+        "../scripts/export_model.py"
 
 
 rule predict_new_slides:
@@ -94,7 +94,7 @@ rule predict_new_slides:
     benchmark:
         out("benchmarks", "predict_new_slides", "{arm}.tsv")
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: res("predict_tiles", "threads")
     resources:
         mem_mb=res("predict_tiles", "mem_mb"),
@@ -104,4 +104,4 @@ rule predict_new_slides:
         model_dir=lambda wc, input: os.path.dirname(input.model),
         batch_size=config["classifier"]["eval_batch_size"],
     script:
-        "../../scripts/predict_new_slides.py"
+        "../scripts/predict_new_slides.py"

@@ -8,14 +8,14 @@ from snakemake.utils import validate
 
 # Rules import the `duvflow` package of this checkout whatever environment runs them (the venv,
 # a rule's conda env, a SLURM job): put src/ on the path of this process and of every job.
-DUVFLOW_SRC = os.path.join(workflow.basedir, "src")
+DUVFLOW_SRC = os.path.normpath(os.path.join(workflow.basedir, "..", "src"))
 sys.path.insert(0, DUVFLOW_SRC)
 os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [DUVFLOW_SRC, os.getenv("PYTHONPATH")]))
 )
 
-from duvflow.sheet import SampleSheetError, read_sheet, validate_sheet
-from duvflow.slides.demo import cohort_plan
+from duvflow.core.sheet import SampleSheetError, read_sheet, validate_sheet
+from duvflow.demo.cohort import cohort_plan
 
 validate(config, schema="../schemas/config.schema.yaml")
 

@@ -9,7 +9,7 @@ rule make_demo_slide:
     benchmark:
         out("benchmarks", "make_demo_slide", "{slide}.tsv")
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -19,7 +19,7 @@ rule make_demo_slide:
         label=get_slide_label,
         pattern=lambda wc: samples.loc[wc.slide, "pattern"],
     script:
-        "../../scripts/make_demo_slide.py"
+        "../scripts/make_demo_slide.py"
 
 
 rule write_demo_sheet:
@@ -30,7 +30,7 @@ rule write_demo_sheet:
     log:
         out("logs", "write_demo_sheet", "all.log"),
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -38,4 +38,4 @@ rule write_demo_sheet:
     params:
         demo=cfg("demo"),
     script:
-        "../../scripts/write_demo_sheet.py"
+        "../scripts/write_demo_sheet.py"

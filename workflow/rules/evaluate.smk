@@ -12,7 +12,7 @@ rule aggregate_slides:
     log:
         out("logs", "aggregate_slides", "{arm}", "fold_{fold}.log"),
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -20,7 +20,7 @@ rule aggregate_slides:
     params:
         aggregate=cfg("aggregate"),
     script:
-        "../../scripts/aggregate_slides.py"
+        "../scripts/aggregate_slides.py"
 
 
 rule evaluate_arm:
@@ -46,7 +46,7 @@ rule evaluate_arm:
     log:
         out("logs", "evaluate_arm", "{arm}.log"),
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -55,7 +55,7 @@ rule evaluate_arm:
         evaluate=cfg("evaluate"),
         seed=config["seed"],
     script:
-        "../../scripts/evaluate_arm.py"
+        "../scripts/evaluate_arm.py"
 
 
 rule sweep_theta:
@@ -73,7 +73,7 @@ rule sweep_theta:
     log:
         out("logs", "sweep_theta", "{arm}.log"),
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -81,7 +81,7 @@ rule sweep_theta:
     params:
         aggregate=cfg("aggregate"),
     script:
-        "../../scripts/sweep_theta.py"
+        "../scripts/sweep_theta.py"
 
 
 rule compare_arms:
@@ -106,7 +106,7 @@ rule compare_arms:
     log:
         out("logs", "compare_arms", "all.log"),
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -116,4 +116,4 @@ rule compare_arms:
         fid=lambda wc: {arm: get_fid_reports(arm) for arm in ARMS},
         aggregate=cfg("aggregate"),
     script:
-        "../../scripts/compare_arms.py"
+        "../scripts/compare_arms.py"

@@ -14,7 +14,7 @@ rule train_vae:
     benchmark:
         out("benchmarks", "train_vae", "fold_{fold}.tsv")
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: res("train_vae", "threads")
     resources:
         mem_mb=res("train_vae", "mem_mb"),
@@ -26,7 +26,7 @@ rule train_vae:
         # resumable checkpoints: undeclared, so a failed job's are kept for the rerun
         checkpoint_dir=lambda wc: out("vae", f"fold_{wc.fold}.ckpt"),
     script:
-        "../../scripts/train_vae.py"
+        "../scripts/train_vae.py"
 
 
 rule encode_latents:
@@ -41,7 +41,7 @@ rule encode_latents:
     benchmark:
         out("benchmarks", "encode_latents", "fold_{fold}.tsv")
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: res("encode_latents", "threads")
     resources:
         mem_mb=res("encode_latents", "mem_mb"),
@@ -50,7 +50,7 @@ rule encode_latents:
     params:
         vae=cfg("vae"),
     script:
-        "../../scripts/encode_latents.py"
+        "../scripts/encode_latents.py"
 
 
 rule train_ldm:
@@ -63,7 +63,7 @@ rule train_ldm:
     benchmark:
         out("benchmarks", "train_ldm", "{cond}", "fold_{fold}.tsv")
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: res("train_ldm", "threads")
     resources:
         mem_mb=res("train_ldm", "mem_mb"),
@@ -74,7 +74,7 @@ rule train_ldm:
         seed=config["seed"],
         checkpoint_dir=lambda wc: out("ldm", wc.cond, f"fold_{wc.fold}.ckpt"),
     script:
-        "../../scripts/train_ldm.py"
+        "../scripts/train_ldm.py"
 
 
 rule sample_ldm:
@@ -88,7 +88,7 @@ rule sample_ldm:
     benchmark:
         out("benchmarks", "sample_ldm", "{cond}", "fold_{fold}.tsv")
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: res("sample_ldm", "threads")
     resources:
         mem_mb=res("sample_ldm", "mem_mb"),
@@ -98,7 +98,7 @@ rule sample_ldm:
         sampling=cfg("sampling"),
         seed=config["seed"],
     script:
-        "../../scripts/sample_ldm.py"
+        "../scripts/sample_ldm.py"
 
 
 rule measure_fidelity:
@@ -115,7 +115,7 @@ rule measure_fidelity:
     benchmark:
         out("benchmarks", "measure_fidelity", "{cond}", "fold_{fold}.tsv")
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: res("measure_fidelity", "threads")
     resources:
         mem_mb=res("measure_fidelity", "mem_mb"),
@@ -125,7 +125,7 @@ rule measure_fidelity:
         fidelity=cfg("fidelity"),
         seed=config["seed"],
     script:
-        "../../scripts/measure_fidelity.py"
+        "../scripts/measure_fidelity.py"
 
 
 rule plot_samples:
@@ -144,7 +144,7 @@ rule plot_samples:
     log:
         out("logs", "plot_samples", "fold_{fold}.log"),
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -152,7 +152,7 @@ rule plot_samples:
     params:
         grid=config["fidelity"]["figure_grid"],
     script:
-        "../../scripts/plot_samples.py"
+        "../scripts/plot_samples.py"
 
 
 rule summarise_fidelity:
@@ -171,10 +171,10 @@ rule summarise_fidelity:
     log:
         out("logs", "summarise_fidelity", "all.log"),
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
     script:
-        "../../scripts/summarise_fidelity.py"
+        "../scripts/summarise_fidelity.py"

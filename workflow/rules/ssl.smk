@@ -10,7 +10,7 @@ rule make_splits:
     log:
         out("logs", "make_splits", "all.log"),
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -20,7 +20,7 @@ rule make_splits:
         labels=dict(zip(samples["slide_id"], samples["label"])),
         seed=config["seed"],
     script:
-        "../../scripts/make_splits.py"
+        "../scripts/make_splits.py"
 
 
 rule train_dino:
@@ -44,7 +44,7 @@ rule train_dino:
     benchmark:
         out("benchmarks", "train_dino", "fold_{fold}.tsv")
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: res("train_dino", "threads")
     resources:
         mem_mb=res("train_dino", "mem_mb"),
@@ -56,7 +56,7 @@ rule train_dino:
         # resumable checkpoints: undeclared, so a failed job's are kept for the rerun
         checkpoint_dir=lambda wc: out("dino", f"fold_{wc.fold}.ckpt"),
     script:
-        "../../scripts/train_dino.py"
+        "../scripts/train_dino.py"
 
 
 rule embed_patches:
@@ -72,7 +72,7 @@ rule embed_patches:
     benchmark:
         out("benchmarks", "embed_patches", "fold_{fold}.tsv")
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: res("embed_patches", "threads")
     resources:
         mem_mb=res("embed_patches", "mem_mb"),
@@ -81,7 +81,7 @@ rule embed_patches:
     params:
         embed=cfg("embed"),
     script:
-        "../../scripts/embed_patches.py"
+        "../scripts/embed_patches.py"
 
 
 rule embed_initial:
@@ -95,7 +95,7 @@ rule embed_initial:
     benchmark:
         out("benchmarks", "embed_initial", "all.tsv")
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: res("embed_patches", "threads")
     resources:
         mem_mb=res("embed_patches", "mem_mb"),
@@ -106,7 +106,7 @@ rule embed_initial:
         embed=cfg("embed"),
         seed=config["seed"],
     script:
-        "../../scripts/embed_initial.py"
+        "../scripts/embed_initial.py"
 
 
 rule probe_embeddings:
@@ -125,7 +125,7 @@ rule probe_embeddings:
     log:
         out("logs", "probe_embeddings", "fold_{fold}.log"),
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: res("probe_embeddings", "threads")
     resources:
         mem_mb=res("probe_embeddings", "mem_mb"),
@@ -134,7 +134,7 @@ rule probe_embeddings:
         probe=cfg("probe"),
         seed=config["seed"],
     script:
-        "../../scripts/probe_embeddings.py"
+        "../scripts/probe_embeddings.py"
 
 
 rule summarise_probes:
@@ -154,10 +154,10 @@ rule summarise_probes:
     log:
         out("logs", "summarise_probes", "all.log"),
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
     script:
-        "../../scripts/summarise_probes.py"
+        "../scripts/summarise_probes.py"

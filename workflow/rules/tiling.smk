@@ -20,7 +20,7 @@ rule tile_slide:
     benchmark:
         out("benchmarks", "tile_slide", "{slide}.tsv")
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: res("tile_slide", "threads")
     resources:
         mem_mb=res("tile_slide", "mem_mb"),
@@ -29,7 +29,7 @@ rule tile_slide:
         tiling=cfg("tiling"),
         label=get_slide_label,
     script:
-        "../../scripts/tile_slide.py"
+        "../scripts/tile_slide.py"
 
 
 rule qc_cohort:
@@ -49,10 +49,10 @@ rule qc_cohort:
     log:
         out("logs", "qc_cohort", "all.log"),
     conda:
-        "../../envs/duvflow.yaml"
+        "../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
     script:
-        "../../scripts/qc_cohort.py"
+        "../scripts/qc_cohort.py"

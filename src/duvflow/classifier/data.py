@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from duvflow.aggregate import label_to_int
-from duvflow.data import resize_batch, to_float_tensor
+from duvflow.core.labels import label_to_int
+from duvflow.core.patches import resize_batch, to_float_tensor
 from duvflow.slides.store import PatchStore
 
 __all__ = [
@@ -180,7 +180,7 @@ class PatchImages:
     def preload(self, desc: str = "preload") -> PatchImages:
         """Read and resize every image once and keep them in memory (N x 3 x size x size bytes):
         epochs then cost no decoding. DataLoader workers share the cache copy-on-write."""
-        from duvflow.runtime import progress
+        from duvflow.core.runtime import progress
 
         cache = torch.empty((len(self), 3, self.size, self.size), dtype=torch.uint8)
         for i in progress(range(len(self)), desc=desc, unit="patch", leave=False):

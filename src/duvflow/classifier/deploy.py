@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from duvflow.io import atomic_path, read_json, write_csv, write_json, write_parquet
+from duvflow.core.figures import pyplot
+from duvflow.core.io import atomic_path, read_json, write_csv, write_json, write_parquet
 
 __all__ = ["DEFAULT_THETA", "export_model", "predict_slides", "resolve_theta"]
 
@@ -78,7 +79,7 @@ def predict_slides(*, slides: Sequence[str | os.PathLike], model: str | os.PathL
     are still predicted (``strict``: then raise, after writing the table, naming the failed slides).
     """
     from duvflow.classifier.model import load_classifier
-    from duvflow.runtime import configure_threads, select_device
+    from duvflow.core.runtime import configure_threads, select_device
     from duvflow.slides.reader import SlideReadError
 
     configure_threads(threads)
@@ -157,10 +158,7 @@ def _predict_one(sid: str, path: Path, net, meta: dict, tiling: dict, out_dir: P
 
 def _heatmap(path: Path, patches: pd.DataFrame, target: Path, *, title: str, max_size: int) -> None:
     """Patch probabilities (colour, 0..1) over the slide thumbnail."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from duvflow.slides.reader import composite, open_slide
 

@@ -14,14 +14,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from duvflow.backbone import create_backbone
-from duvflow.checkpoint import load_weights
-from duvflow.io import read_json
+from duvflow.core.backbone import create_backbone
+from duvflow.core.io import read_json
+from duvflow.core.labels import LABELS
+from duvflow.train.checkpoint import load_weights
 
 __all__ = ["CLASSES", "PatchClassifier", "build_classifier", "load_classifier"]
 
 _log = logging.getLogger(__name__)
-CLASSES = ("benign", "malignant")
+CLASSES = LABELS  # output index = integer label
 
 
 class PatchClassifier(nn.Module):

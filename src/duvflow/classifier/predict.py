@@ -12,9 +12,9 @@ import torch
 
 from duvflow.classifier.data import LeakageError, PatchImages
 from duvflow.classifier.model import PatchClassifier, load_classifier
-from duvflow.data import attach_split, load_patch_index
-from duvflow.io import write_parquet
-from duvflow.runtime import autocast, configure_threads, progress, select_device
+from duvflow.core.io import write_parquet
+from duvflow.core.patches import attach_split, load_patch_index
+from duvflow.core.runtime import autocast, configure_threads, progress, select_device
 
 __all__ = ["predict_probs", "predict_tiles"]
 
@@ -47,7 +47,7 @@ def predict_tiles(*, model_dir: str | os.PathLike, tables: Sequence[str], stores
     """Write ``slide_id, patch_index, x, y, role, prob`` for every patch of the fold's val and test
     slides (validation predictions let aggregation choose theta without touching test slides)."""
     from duvflow.classifier.train import ClassifierConfig
-    from duvflow.config import from_dict
+    from duvflow.core.config import from_dict
 
     cfg = from_dict(ClassifierConfig, config, "classifier")
     configure_threads(threads)

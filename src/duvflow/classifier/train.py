@@ -6,7 +6,7 @@ steps (autocast, clip, step, log, checkpoint every N) -> validation on the fold'
 slides with a slide-level metric (model selection) -> final save of the selected weights.
 
 Resumable: numbered checkpoints (model, optimizer, best weights so far, history, step) go to an
-undeclared sibling folder via :class:`duvflow.checkpoint.CheckpointManager`; a rerun with the same
+undeclared sibling folder via :class:`duvflow.train.checkpoint.CheckpointManager`; a rerun with the same
 settings continues from the newest one. Because every epoch's sample order and every sample's
 augmentation are functions of ``(seed, epoch)``, a resumed run trains exactly as an uninterrupted one.
 """
@@ -27,17 +27,17 @@ import torch
 from torch import nn
 
 from duvflow import __version__
-from duvflow.checkpoint import CheckpointManager, restore_rng_state, rng_state, save_weights
 from duvflow.classifier.data import AugmentConfig, PatchImages, check_no_leakage, epoch_batches, load_synthetic
 from duvflow.classifier.model import CLASSES, build_classifier
 from duvflow.classifier.predict import predict_probs
-from duvflow.config import from_dict
-from duvflow.data import attach_split, load_patch_index
-from duvflow.distributed import all_reduce_mean, init_distributed, shard_batches, wrap_model
-from duvflow.evaluate import roc_auc
-from duvflow.io import write_csv, write_json
-from duvflow.runtime import autocast, configure_threads, progress, seed_everything
+from duvflow.core.config import from_dict
+from duvflow.core.io import write_csv, write_json
+from duvflow.core.patches import attach_split, load_patch_index
+from duvflow.core.runtime import autocast, configure_threads, progress, seed_everything
+from duvflow.evaluate.evaluation import roc_auc
 from duvflow.ssl.schedules import cosine_value
+from duvflow.train.checkpoint import CheckpointManager, restore_rng_state, rng_state, save_weights
+from duvflow.train.distributed import all_reduce_mean, init_distributed, shard_batches, wrap_model
 
 __all__ = ["ClassifierConfig", "classifier_seed", "train_classifier"]
 

@@ -51,7 +51,7 @@ def save_grid(images: np.ndarray, target: str | os.PathLike, ncol: int | None = 
     """Tile uint8 (B, H, W, 3) images into one PNG (atomic)."""
     from PIL import Image
 
-    from duvflow.io import atomic_path
+    from duvflow.core.io import atomic_path
 
     b, h, w, _ = images.shape
     ncol = ncol or int(np.ceil(np.sqrt(b)))

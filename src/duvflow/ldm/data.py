@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from duvflow.data import LABEL_TO_INT, attach_split, load_patch_index
+from duvflow.core.patches import LABEL_TO_INT, attach_split, load_patch_index
 
 __all__ = ["StepBatches", "fold_training_patches", "read_embeddings", "read_latent_store", "write_latent_store"]
 
@@ -31,7 +31,7 @@ EMBEDDING_COLUMNS = ("slide_id", "patch_index", "label", "role", "embedding")
 
 def fold_training_patches(tables: Sequence[str], stores: Sequence[str], statuses: Sequence[str] | None,
                           splits: str | os.PathLike, fold: str) -> pd.DataFrame:
-    """Patch index (``duvflow.data``) of the training slides of ``fold`` (role ``train``)."""
+    """Patch index (``duvflow.core.patches``) of the training slides of ``fold`` (role ``train``)."""
     index = attach_split(load_patch_index(tables, stores, statuses), splits, fold)
     train = index[index["role"] == "train"].reset_index(drop=True)
     if train.empty:
@@ -69,7 +69,7 @@ def read_embeddings(path: str | os.PathLike, role: str | None = None) -> tuple[p
 
 def write_latent_store(path: str | os.PathLike, mean: np.ndarray, std: np.ndarray, index: pd.DataFrame,
                        attrs: dict) -> None:
-    """Write the latent store (call inside ``duvflow.io.atomic_path``)."""
+    """Write the latent store (call inside ``duvflow.core.io.atomic_path``)."""
     import h5py
 
     with h5py.File(path, "w") as f:

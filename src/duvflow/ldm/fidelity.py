@@ -31,14 +31,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from duvflow.config import from_dict
-from duvflow.data import PatchDataset, resize_batch
-from duvflow.io import read_json, write_csv, write_json
+from duvflow.core.config import from_dict
+from duvflow.core.io import read_json, write_csv, write_json
+from duvflow.core.patches import PatchDataset, resize_batch
+from duvflow.core.runtime import configure_threads, progress, select_device
+from duvflow.core.splits import fold_seed
 from duvflow.ldm.common import run_metadata
 from duvflow.ldm.config import FidelityConfig
 from duvflow.ldm.data import fold_training_patches
-from duvflow.runtime import configure_threads, progress, select_device
-from duvflow.splits import fold_seed
 
 __all__ = [
     "EmbedderFeatures",
@@ -304,7 +304,7 @@ def summarise_fidelity(*, reports: Sequence[str], table: str, markdown: str) -> 
                      f"{cell['kid_dino']} | | |")
     notes = sorted({str(n) for n in df["fid_note"] if n})
     text = "\n".join(lines) + "\n" + "".join(f"\n- {n}" for n in notes) + "\n"
-    from duvflow.io import atomic_path
+    from duvflow.core.io import atomic_path
 
     with atomic_path(markdown) as tmp:
         tmp.write_text(text)

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from duvflow.data import LABEL_TO_INT, PatchDataset, load_patch_index
-from duvflow.io import atomic_path
+from duvflow.core.figures import pyplot
+from duvflow.core.io import atomic_path
+from duvflow.core.patches import LABEL_TO_INT, PatchDataset, load_patch_index
 
 __all__ = ["plot_samples", "select_rows"]
 
@@ -62,10 +63,7 @@ def _tile(images: list[np.ndarray], ncol: int, size: int) -> np.ndarray:
 def plot_samples(*, ssl: str, class_: str, tables: Sequence[str], stores: Sequence[str],
                  statuses: Sequence[str] | None, fold: str, output: str, grid: int = 4) -> None:
     """Write the three-panel comparison figure of ``fold`` to ``output`` (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import torch
 
     ssl_dir, class_dir = Path(ssl), Path(class_)

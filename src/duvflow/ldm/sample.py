@@ -22,14 +22,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from duvflow.config import from_dict
-from duvflow.data import LABEL_TO_INT
-from duvflow.io import atomic_path, write_parquet
+from duvflow.core.config import from_dict
+from duvflow.core.io import atomic_path, write_parquet
+from duvflow.core.patches import LABEL_TO_INT
+from duvflow.core.runtime import autocast, configure_threads, progress, select_device
+from duvflow.core.splits import fold_seed
 from duvflow.ldm.common import run_metadata, to_uint8
 from duvflow.ldm.config import SamplingConfig
 from duvflow.ldm.data import read_embeddings, read_latent_store
-from duvflow.runtime import autocast, configure_threads, progress, select_device
-from duvflow.splits import fold_seed
 
 __all__ = ["cfg_combine", "guided_ddim", "plan_synthetic", "sample_images", "sample_synthetic", "synthetic_count"]
 

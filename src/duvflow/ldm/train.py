@@ -27,16 +27,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from duvflow.checkpoint import CheckpointManager, restore_rng_state, rng_state
-from duvflow.config import from_dict
-from duvflow.distributed import DistContext, all_reduce_gradients, all_reduce_mean, init_distributed, shard_tensors
-from duvflow.io import atomic_path, read_json, write_json
+from duvflow.core.config import from_dict
+from duvflow.core.io import atomic_path, read_json, write_json
+from duvflow.core.runtime import autocast, configure_threads, progress, seed_everything
+from duvflow.core.splits import fold_seed
 from duvflow.ldm.common import MetricsLog, run_metadata, save_grid, to_uint8
 from duvflow.ldm.conditioning import ConditionEncoder, drop_mask
 from duvflow.ldm.config import LdmConfig
 from duvflow.ldm.data import StepBatches, read_embeddings, read_latent_store
-from duvflow.runtime import autocast, configure_threads, progress, seed_everything
-from duvflow.splits import fold_seed
+from duvflow.train.checkpoint import CheckpointManager, restore_rng_state, rng_state
+from duvflow.train.distributed import (
+    DistContext,
+    all_reduce_gradients,
+    all_reduce_mean,
+    init_distributed,
+    shard_tensors,
+)
 
 __all__ = [
     "CONDITIONS",

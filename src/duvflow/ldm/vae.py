@@ -24,16 +24,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from duvflow.checkpoint import CheckpointManager, load_weights, restore_rng_state, rng_state
-from duvflow.config import from_dict
-from duvflow.data import PatchDataset
-from duvflow.distributed import all_reduce_gradients, all_reduce_mean, init_distributed, shard_batches
-from duvflow.io import atomic_path, write_json
+from duvflow.core.config import from_dict
+from duvflow.core.io import atomic_path, write_json
+from duvflow.core.patches import PatchDataset
+from duvflow.core.runtime import configure_threads, progress, seed_everything, select_device
+from duvflow.core.splits import fold_seed
 from duvflow.ldm.common import MetricsLog, run_metadata
 from duvflow.ldm.config import VaeConfig
 from duvflow.ldm.data import StepBatches, fold_training_patches, write_latent_store
-from duvflow.runtime import configure_threads, progress, seed_everything, select_device
-from duvflow.splits import fold_seed
+from duvflow.train.checkpoint import CheckpointManager, load_weights, restore_rng_state, rng_state
+from duvflow.train.distributed import all_reduce_gradients, all_reduce_mean, init_distributed, shard_batches
 
 __all__ = ["build_vae", "decode_latents", "encode_images", "encode_latents", "load_vae", "train_vae"]
 

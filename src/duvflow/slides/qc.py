@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from duvflow.io import atomic_path, read_json, write_csv
+from duvflow.core.figures import pyplot
+from duvflow.core.io import atomic_path, read_json, write_csv
 
 __all__ = ["QC_COLUMNS", "cohort_table", "plot_cohort", "qc_cohort"]
 
@@ -48,10 +49,7 @@ def cohort_table(status: Sequence[str | os.PathLike]) -> pd.DataFrame:
 
 def plot_cohort(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Patches per slide (bars coloured by label; skipped / no-tissue slides marked) and tissue area."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.patches import Patch
 
     n = len(df)

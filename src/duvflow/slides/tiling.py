@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from duvflow.config import from_dict
-from duvflow.io import atomic_path, write_json, write_parquet
-from duvflow.runtime import progress
+from duvflow.core.config import from_dict
+from duvflow.core.io import atomic_path, write_json, write_parquet
+from duvflow.core.runtime import progress
 from duvflow.slides.reader import MissingMPPError, Slide, SlideReadError, composite, open_slide
 from duvflow.slides.store import _COMPRESSION, PatchStoreWriter
 from duvflow.slides.tissue import BACKGROUNDS, TissueMask, detect_tissue

@@ -18,10 +18,10 @@ import pandas as pd
 import torch
 
 from duvflow import __version__
-from duvflow.config import from_dict
-from duvflow.data import PatchDataset, attach_split, load_patch_index, resize_batch
-from duvflow.io import write_parquet
-from duvflow.runtime import autocast, configure_threads, progress, select_device
+from duvflow.core.config import from_dict
+from duvflow.core.io import write_parquet
+from duvflow.core.patches import PatchDataset, attach_split, load_patch_index, resize_batch
+from duvflow.core.runtime import autocast, configure_threads, progress, select_device
 from duvflow.ssl.batches import as_uint8_tensor, collate_patches, to_device_float
 from duvflow.ssl.model import Embedder, build_backbone, data_stats, load_teacher
 
@@ -47,7 +47,7 @@ class EmbedConfig:
 
 def prepare_batch(batch: torch.Tensor, sizes: torch.Tensor, img_size: int, device) -> torch.Tensor:
     """uint8 patches -> float [0, 1] at the model's input size, resized on ``device`` with the
-    project's antialiased bilinear :func:`duvflow.data.resize_batch`; padded patches of another size
+    project's antialiased bilinear :func:`duvflow.core.patches.resize_batch`; padded patches of another size
     (slides tiled at other pixel sizes) are resized from their valid extent, group by group, so a
     patch's embedding never depends on the batch it landed in."""
     images = to_device_float(batch, device)

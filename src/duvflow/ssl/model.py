@@ -1,7 +1,7 @@
 """The SSL backbone: built from the ``dino`` config, saved as the teacher, loaded back by later stages.
 
 ``teacher.safetensors`` is a plain timm state dict of the backbone (no head), so any stage can
-rebuild it with :func:`duvflow.backbone.create_backbone`; ``teacher.json`` holds everything needed
+rebuild it with :func:`duvflow.core.backbone.create_backbone`; ``teacher.json`` holds everything needed
 for that (timm name, timm kwargs incl. pooling, input size, normalisation). Use :func:`load_teacher`.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from duvflow.backbone import create_backbone
-from duvflow.io import read_json
+from duvflow.core.backbone import create_backbone
+from duvflow.core.io import read_json
 from duvflow.ssl.head import Normalize
 
 __all__ = ["POOLING", "Embedder", "backbone_kwargs", "build_backbone", "data_stats", "fingerprint", "load_teacher"]

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from duvflow.config import from_dict
-from duvflow.data import LABEL_TO_INT
-from duvflow.io import atomic_path, read_json, write_csv, write_json
+from duvflow.core.config import from_dict
+from duvflow.core.figures import pyplot
+from duvflow.core.io import atomic_path, read_json, write_csv, write_json
+from duvflow.core.patches import LABEL_TO_INT
 from duvflow.ssl.embed import read_embeddings
 
 __all__ = ["ProbeConfig", "fit_probes", "probe_embeddings", "summarise_probes"]
@@ -157,10 +158,7 @@ def _project(x: np.ndarray, method: str, seed: int, threads: int) -> np.ndarray:
 
 def _plot_projection(meta: pd.DataFrame, spaces: dict[str, np.ndarray], result: dict, cfg: ProbeConfig,
                      target, seed: int, threads: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rng = np.random.default_rng(seed)
     idx = np.arange(len(meta)) if len(meta) <= cfg.max_points else np.sort(
@@ -210,10 +208,7 @@ def summarise_probes(*, probes: Sequence[str | os.PathLike], table: str | os.Pat
     df = pd.DataFrame(rows)
     write_csv(df, table)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     folds = list(dict.fromkeys(df["fold"]))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)

@@ -24,19 +24,20 @@ import pandas as pd
 import torch
 
 from duvflow import __version__
-from duvflow.checkpoint import CheckpointManager, restore_rng_state, rng_state, save_weights
-from duvflow.config import from_dict
-from duvflow.data import PatchDataset, attach_split, load_patch_index
-from duvflow.distributed import all_reduce_mean, init_distributed, shard_batches, wrap_model
-from duvflow.io import atomic_path, write_csv, write_json
-from duvflow.runtime import autocast, configure_threads, progress, seed_everything
-from duvflow.splits import fold_seed
+from duvflow.core.config import from_dict
+from duvflow.core.figures import pyplot
+from duvflow.core.io import atomic_path, write_csv, write_json
+from duvflow.core.patches import PatchDataset, attach_split, load_patch_index
+from duvflow.core.runtime import autocast, configure_threads, progress, seed_everything
+from duvflow.core.splits import fold_seed
 from duvflow.ssl.augment import AugmentConfig, CropConfig, MultiCropAugment
 from duvflow.ssl.batches import EpochBatchSampler, as_uint8_tensor, collate_patches, to_device_float
 from duvflow.ssl.head import DINOHead, MultiCropModel
 from duvflow.ssl.loss import DINOLoss
 from duvflow.ssl.model import Embedder, backbone_kwargs, build_backbone, data_stats, fingerprint
 from duvflow.ssl.schedules import cosine_schedule, warmup_constant_schedule
+from duvflow.train.checkpoint import CheckpointManager, restore_rng_state, rng_state, save_weights
+from duvflow.train.distributed import all_reduce_mean, init_distributed, shard_batches, wrap_model
 
 __all__ = ["METRIC_COLUMNS", "CollapseMonitor", "DinoConfig", "HeadConfig", "plot_metrics", "train_dino"]
 
@@ -399,10 +400,7 @@ def train_dino(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequen
 
 def plot_metrics(table: pd.DataFrame, target: str | os.PathLike, title: str = "DINO") -> None:
     """Training curves: loss, collapse diagnostics and schedules against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = [("loss", "loss"), ("teacher_entropy", "teacher entropy (nats)"), ("kl", "KL teacher-student"),
               ("embed_std", "embedding std x sqrt(dim)"), ("lr", "learning rate"), ("momentum", "teacher momentum")]

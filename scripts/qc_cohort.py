@@ -1,8 +1,0 @@
-"""Rule qc_cohort: the cohort's tiling QC table (TSV) and plot from every slide's status JSON."""
-# ruff: noqa: F821
-from duvflow.runtime import setup_logging
-
-setup_logging(snakemake.log[0])
-from duvflow.slides.qc import qc_cohort
-
-qc_cohort(status=snakemake.input.status, table=snakemake.output.table, plot=snakemake.output.plot)

@@ -1,9 +1,0 @@
-"""Rule summarise_fidelity: FID / FD-DINO / KID of every arm and fold in one table (CSV + Markdown)."""
-# ruff: noqa: F821
-from duvflow.runtime import setup_logging
-
-setup_logging(snakemake.log[0])
-from duvflow.ldm.fidelity import summarise_fidelity
-
-summarise_fidelity(reports=list(snakemake.input.reports), table=snakemake.output.table,
-                   markdown=snakemake.output.markdown)

@@ -1,0 +1,1 @@
+"""Slide-level aggregation, evaluation, threshold sweeps and the comparison of arms."""

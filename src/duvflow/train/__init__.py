@@ -1,0 +1,1 @@
+"""The training harness every stage trains on: seeding, distributed context, checkpoints."""

@@ -1,0 +1,11 @@
+"""Rule aggregate_slides: slide scores, the fold's theta (fixed and auto) and slide predictions."""
+# ruff: noqa: F821
+from duvflow.core.runtime import setup_logging
+
+setup_logging(snakemake.log[0])
+from duvflow.evaluate.aggregate import aggregate_slides
+
+aggregate_slides(
+    patches=snakemake.input.patches, splits=snakemake.input.splits, fold=snakemake.wildcards.fold,
+    output=snakemake.output.slides, theta_output=snakemake.output.theta, config=snakemake.params.aggregate,
+)

@@ -1,0 +1,13 @@
+"""Rule predict_new_slides: the deployable model on the slides listed in `deploy.slides`."""
+# ruff: noqa: F821
+from duvflow.core.runtime import setup_logging
+
+setup_logging(snakemake.log[0])
+from duvflow.classifier.deploy import predict_slides
+from duvflow.gpu import gpu_job
+
+with gpu_job(snakemake.resources):
+    predict_slides(
+        slides=snakemake.input.slides, model=snakemake.params.model_dir, out_dir=snakemake.output.folder,
+        batch_size=snakemake.params.batch_size, threads=snakemake.threads, strict=True,
+    )

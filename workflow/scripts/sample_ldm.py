@@ -1,0 +1,15 @@
+"""Rule sample_ldm: the synthetic patch folder of one conditioning and fold (guided DDIM)."""
+# ruff: noqa: F821
+from duvflow.core.runtime import setup_logging
+
+setup_logging(snakemake.log[0])
+from duvflow.gpu import gpu_job
+from duvflow.ldm.sample import sample_synthetic
+
+with gpu_job(snakemake.resources):
+    sample_synthetic(
+        model=snakemake.input.model, vae=snakemake.input.vae, latents=snakemake.input.latents,
+        embeddings=snakemake.input.get("embeddings"), output=snakemake.output.synthetic,
+        condition=snakemake.wildcards.cond, fold=snakemake.wildcards.fold, cfg=snakemake.params.sampling,
+        seed=snakemake.params.seed, threads=snakemake.threads,
+    )

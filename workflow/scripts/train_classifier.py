@@ -1,0 +1,18 @@
+"""Rule train_classifier: the patch classifier of one arm on one fold (GPU when granted)."""
+# ruff: noqa: F821
+from duvflow.core.runtime import setup_logging
+
+setup_logging(snakemake.log[0])
+from duvflow.classifier.train import train_classifier
+from duvflow.gpu import gpu_job
+
+with gpu_job(snakemake.resources) as job:  # gpu > 1: one data-parallel process per card
+    job.launch(
+        train_classifier,
+        tables=snakemake.input.tables, stores=snakemake.input.stores, statuses=snakemake.input.statuses,
+        splits=snakemake.input.splits, synthetic=snakemake.input.get("synthetic"), fold=snakemake.wildcards.fold,
+        arm=snakemake.wildcards.arm, model_output=snakemake.output.model, meta_output=snakemake.output.meta,
+        metrics_output=snakemake.output.metrics, checkpoint_dir=snakemake.params.checkpoint_dir,
+        config=snakemake.params.classifier, tiling=snakemake.params.tiling, seed=snakemake.params.seed,
+        threads=snakemake.threads,
+    )
