@@ -10,9 +10,29 @@ import dataclasses
 import typing
 from typing import Any, TypeVar
 
-__all__ = ["from_dict"]
+__all__ = ["RUNTIME_KEYS", "from_dict", "result_settings"]
 
 T = TypeVar("T")
+
+# Settings that cannot change a result (where it runs, how fast, how often it logs or saves). The
+# rules pass them outside the tracked ``params`` (changing one reruns nothing) and the training
+# harness ignores them when it decides whether a checkpoint may be resumed. One list for both.
+RUNTIME_KEYS: dict[str, frozenset[str]] = {
+    "dino": frozenset({"checkpoint_every", "checkpoints_keep", "device"}),
+    "embed": frozenset({"batch_size", "device"}),
+    "vae": frozenset({"checkpoint_every", "checkpoints_keep", "log_every", "encode_batch_size", "num_workers",
+                      "device"}),
+    "ldm": frozenset({"checkpoint_every", "checkpoints_keep", "log_every", "device"}),
+    "sampling": frozenset({"batch_size", "device"}),
+    "fidelity": frozenset({"batch_size", "device"}),
+    "classifier": frozenset({"eval_batch_size", "checkpoint_every", "checkpoints_keep", "num_workers", "device"}),
+}
+
+
+def result_settings(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` without the section's run-time-only keys (what a result, or a checkpoint, depends on)."""
+    skip = RUNTIME_KEYS.get(section, frozenset())
+    return {k: v for k, v in values.items() if k not in skip}
 
 
 def from_dict(cls: type[T], values: dict[str, Any] | None, section: str | None = None) -> T:
