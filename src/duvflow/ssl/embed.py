@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from duvflow import __version__
 from duvflow.core.config import from_dict
 from duvflow.core.io import write_parquet
 from duvflow.core.patches import PatchDataset, attach_split, load_patch_index, resize_batch
+from duvflow.core.provenance import code_version
 from duvflow.core.runtime import autocast, configure_threads, progress, select_device
 from duvflow.ssl.batches import as_uint8_tensor, collate_patches, to_device_float
 from duvflow.ssl.model import Embedder, build_backbone, data_stats, load_teacher
@@ -156,7 +156,7 @@ def embed_patches(*, tables: Sequence[str], stores: Sequence[str], statuses: Seq
     _check_spread(emb, f"fold {fold}")
     write_parquet(embedding_table(index, emb), output, metadata={
         "fold": str(fold), "teacher": str(teacher), "backbone": meta["backbone"], "pooling": meta["pooling"],
-        "img_size": str(meta["img_size"]), "embed_dim": str(emb.shape[1]), "duvflow_version": __version__})
+        "img_size": str(meta["img_size"]), "embed_dim": str(emb.shape[1]), "duvflow_version": code_version()})
     _log.info("wrote %s (%d x %d)", output, *emb.shape)
 
 
@@ -180,7 +180,7 @@ def embed_initial(*, tables: Sequence[str], stores: Sequence[str], statuses: Seq
                              num_workers=_workers(threads, num_workers, device), desc="embed initial")
     write_parquet(embedding_table(index, emb), output, metadata={
         "fold": "initial", "backbone": dcfg.backbone, "pooling": dcfg.pooling, "img_size": str(dcfg.img_size),
-        "embed_dim": str(emb.shape[1]), "weights": str(dcfg.weights), "duvflow_version": __version__})
+        "embed_dim": str(emb.shape[1]), "weights": str(dcfg.weights), "duvflow_version": code_version()})
     _log.info("wrote %s (%d x %d)", output, *emb.shape)
 
 
