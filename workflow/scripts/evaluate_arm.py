@@ -1,5 +1,7 @@
 """Rule evaluate_arm: pooled and per-fold slide metrics of one arm with bootstrap CIs, ROC plot."""
 # ruff: noqa: F821
+import duvflow_checkout  # noqa: F401 (this checkout's src/ first on sys.path, also in conda jobs)
+
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
