@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from duvflow.core.config import from_dict
 from duvflow.evaluate.aggregate import (
+    PUBLISHED_THETA,
     AggregateConfig,
     aggregate_slides,
     binary_metrics,
@@ -92,7 +94,9 @@ def test_config_checks():
         AggregateConfig(theta="best")
     with pytest.raises(ValueError, match="\\[0, 1\\]"):
         AggregateConfig(theta=1.5)
-    assert AggregateConfig(theta="auto", default_theta=0.25).fixed_theta == 0.25
+    assert AggregateConfig(theta="auto").fixed_theta == PUBLISHED_THETA == 0.2  # one key: theta
+    with pytest.raises(ValueError, match="unknown aggregate setting.*default_theta"):
+        from_dict(AggregateConfig, {"theta": "auto", "default_theta": 0.25}, "aggregate")
     assert list(label_to_int(["Benign", "malignant", "MALIGNANT"])) == [0, 1, 1]
     with pytest.raises(ValueError, match="benign/malignant"):
         label_to_int(["benign", "tumour"])
@@ -125,7 +129,7 @@ def test_aggregate_slides_writes_both_thetas_and_the_configured_prediction(tmp_p
     patches, splits = _fold_files(tmp_path)
     out, theta_json = tmp_path / "slides.csv", tmp_path / "theta.json"
     aggregate_slides(patches=patches, splits=splits, fold="0", output=out, theta_output=theta_json,
-                     config={"theta": theta, "default_theta": 0.2, "theta_grid": GRID})
+                     config={"theta": theta, "theta_grid": GRID})
     df = pd.read_csv(out).set_index("slide_id")
     assert list(df.columns) == ["fold", "role", "label", "score", "n_patches", "theta", "prediction",
                                 "theta_fixed", "theta_auto"]
@@ -147,7 +151,7 @@ def test_aggregate_slides_writes_both_thetas_and_the_configured_prediction(tmp_p
 def test_auto_theta_ignores_test_slides(tmp_path):
     patches, splits = _fold_files(tmp_path)
     out, theta_json = tmp_path / "slides.csv", tmp_path / "theta.json"
-    cfg = {"theta": "auto", "default_theta": 0.2, "theta_grid": GRID}
+    cfg = {"theta": "auto", "theta_grid": GRID}
     aggregate_slides(patches=patches, splits=splits, fold="0", output=out, theta_output=theta_json, config=cfg)
     first = pd.read_csv(out)["theta_auto"].iloc[0]
     # flip every test slide's scores: a choice that looked at test slides would change

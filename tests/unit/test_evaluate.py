@@ -23,7 +23,7 @@ from duvflow.evaluate.evaluation import (
 )
 
 GRID = [0.1, 0.2, 0.3, 0.4, 0.5]
-AGG = {"theta": 0.2, "default_theta": 0.2, "theta_grid": GRID}
+AGG = {"theta": 0.2, "theta_grid": GRID}
 
 
 def _slides(fold, rows, theta_auto):
@@ -152,7 +152,7 @@ def test_sweep_is_monotonic_and_marks_configured_and_best(tmp_path):
         paths.append(tmp_path / f"f{i}.csv")
         f.to_csv(paths[-1], index=False)
     out = sweep_theta(slides=paths, arm="real", table=tmp_path / "sweep.csv", plot=tmp_path / "sweep.png",
-                      aggregate={"theta": 0.2, "default_theta": 0.2, "theta_grid": [0.1, 0.2, 0.3, 0.4, 0.5, 0.15]})
+                      aggregate={"theta": 0.2, "theta_grid": [0.1, 0.2, 0.3, 0.4, 0.5, 0.15]})
     assert list(out["theta"]) == sorted(out["theta"])
     assert (np.diff(out["sensitivity"]) <= 0).all()  # fewer slides above a higher threshold
     assert (np.diff(out["specificity"]) >= 0).all()

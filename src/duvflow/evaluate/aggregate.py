@@ -7,7 +7,8 @@ that fold's *validation* slides only, as the grid value with the highest balance
 go to the value nearest the fixed theta. Test slides never influence the choice.
 
 Both thetas are always computed and written, so the evaluation can report the fixed and the
-automatic rule side by side. Nothing here imports torch (a theta change reruns only this cheap
+automatic rule side by side: with ``theta: auto`` the fixed rule is the published theta
+(``PUBLISHED_THETA``), which also breaks ties of the automatic choice; with a number, that number. Nothing here imports torch (a theta change reruns only this cheap
 stage and what follows it).
 """
 
@@ -27,6 +28,7 @@ from duvflow.core.labels import LABELS, label_to_int
 from duvflow.core.splits import read_splits
 
 __all__ = [
+    "PUBLISHED_THETA",
     "AggregateConfig",
     "aggregate_slides",
     "binary_metrics",
@@ -37,13 +39,16 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
+# The paper's fixed slide threshold: the fixed rule reported beside ``theta: auto`` (one config key,
+# ``aggregate.theta``, sets the number otherwise).
+PUBLISHED_THETA = 0.2
+
 
 @dataclasses.dataclass(frozen=True)
 class AggregateConfig:
     """The ``aggregate`` config section."""
 
-    theta: float | str = 0.2
-    default_theta: float = 0.2
+    theta: float | str = PUBLISHED_THETA
     theta_grid: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 
     def __post_init__(self):
@@ -60,8 +65,8 @@ class AggregateConfig:
 
     @property
     def fixed_theta(self) -> float:
-        """The fixed rule's theta: the configured number, or ``default_theta`` when theta is auto."""
-        return float(self.default_theta if self.theta == "auto" else self.theta)
+        """The fixed rule's theta: the configured number, or ``PUBLISHED_THETA`` when theta is auto."""
+        return PUBLISHED_THETA if self.theta == "auto" else float(self.theta)
 
 
 def slide_scores(patches: pd.DataFrame) -> pd.DataFrame:
