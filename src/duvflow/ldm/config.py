@@ -120,5 +120,4 @@ class FidelityConfig:
     kid_subset_size: int = 1000
     kid_subsets: int = 100
     batch_size: int = 32
-    figure_grid: int = 4
     device: str = "auto"
