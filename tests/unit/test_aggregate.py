@@ -129,7 +129,7 @@ def test_aggregate_slides_writes_both_thetas_and_the_configured_prediction(tmp_p
     patches, splits = _fold_files(tmp_path)
     out, theta_json = tmp_path / "slides.csv", tmp_path / "theta.json"
     aggregate_slides(patches=patches, splits=splits, fold="0", output=out, theta_output=theta_json,
-                     config={"theta": theta, "theta_grid": GRID})
+                     aggregate={"theta": theta, "theta_grid": GRID})
     df = pd.read_csv(out).set_index("slide_id")
     assert list(df.columns) == ["fold", "role", "label", "score", "n_patches", "theta", "prediction",
                                 "theta_fixed", "theta_auto"]
@@ -152,14 +152,14 @@ def test_auto_theta_ignores_test_slides(tmp_path):
     patches, splits = _fold_files(tmp_path)
     out, theta_json = tmp_path / "slides.csv", tmp_path / "theta.json"
     cfg = {"theta": "auto", "theta_grid": GRID}
-    aggregate_slides(patches=patches, splits=splits, fold="0", output=out, theta_output=theta_json, config=cfg)
+    aggregate_slides(patches=patches, splits=splits, fold="0", output=out, theta_output=theta_json, aggregate=cfg)
     first = pd.read_csv(out)["theta_auto"].iloc[0]
     # flip every test slide's scores: a choice that looked at test slides would change
     p = pd.read_parquet(patches)
     test = p["role"] == "test"
     p.loc[test, "prob"] = 1 - p.loc[test, "prob"]
     p.to_parquet(patches)
-    aggregate_slides(patches=patches, splits=splits, fold="0", output=out, theta_output=theta_json, config=cfg)
+    aggregate_slides(patches=patches, splits=splits, fold="0", output=out, theta_output=theta_json, aggregate=cfg)
     assert pd.read_csv(out)["theta_auto"].iloc[0] == first
 
 
@@ -167,7 +167,7 @@ def test_predictions_of_training_slides_are_refused(tmp_path):
     patches, splits = _fold_files(tmp_path, with_train=True)
     with pytest.raises(ValueError, match="training slides"):
         aggregate_slides(patches=patches, splits=splits, fold="0", output=tmp_path / "s.csv",
-                         theta_output=tmp_path / "t.json", config={})
+                         theta_output=tmp_path / "t.json", aggregate={})
     assert not (tmp_path / "s.csv").exists()
 
 
@@ -175,7 +175,7 @@ def test_unknown_fold_is_an_error(tmp_path):
     patches, splits = _fold_files(tmp_path)
     with pytest.raises(ValueError, match="fold '3'"):
         aggregate_slides(patches=patches, splits=splits, fold="3", output=tmp_path / "s.csv",
-                         theta_output=tmp_path / "t.json", config={})
+                         theta_output=tmp_path / "t.json", aggregate={})
 
 
 def test_confusion_counts_agree_with_scikit_learn():

@@ -98,7 +98,7 @@ def test_evaluate_arm_pooled_and_per_fold(tmp_path):
     paths = _two_folds(tmp_path)
     res = evaluate_arm(slides=paths, arm="real", metrics_json=tmp_path / "m.json", metrics_csv=tmp_path / "m.csv",
                        pooled_slides=tmp_path / "pooled.csv", roc_plot=tmp_path / "roc.png",
-                       config={"bootstrap": 200, "ci": 0.95, "seed": 0})
+                       evaluate={"bootstrap": 200, "ci": 0.95, "seed": 0})
     # pooled test slides: a .35 M, b .25 B, c .05 B, d .15 M, e .9 M, f .2 B
     # fixed 0.2: predictions M M B B M B -> tp a,e; fn d; fp b; tn c,f
     fixed = res["modes"]["fixed"]
@@ -136,7 +136,7 @@ def test_a_slide_tested_in_two_folds_is_refused(tmp_path):
     f1.to_csv(paths[1], index=False)
     with pytest.raises(ValueError, match="more than one fold"):
         evaluate_arm(slides=paths, arm="real", metrics_json=tmp_path / "m.json", metrics_csv=tmp_path / "m.csv",
-                     pooled_slides=tmp_path / "p.csv", roc_plot=tmp_path / "r.png", config={"bootstrap": 10})
+                     pooled_slides=tmp_path / "p.csv", roc_plot=tmp_path / "r.png", evaluate={"bootstrap": 10})
 
 
 def test_sweep_is_monotonic_and_marks_configured_and_best(tmp_path):
@@ -171,7 +171,7 @@ def test_compare_arms_table(tmp_path):
         paths = _two_folds(tmp_path, arm=arm.replace("+", "_"))
         m, p = tmp_path / f"{arm}.json", tmp_path / f"{arm}-pooled.csv"
         evaluate_arm(slides=paths, arm=arm, metrics_json=m, metrics_csv=tmp_path / f"{arm}.csv", pooled_slides=p,
-                     roc_plot=tmp_path / f"{arm}.png", config={"bootstrap": 50})
+                     roc_plot=tmp_path / f"{arm}.png", evaluate={"bootstrap": 50})
         metrics.append(m)
         pooled.append(p)
     fid = []

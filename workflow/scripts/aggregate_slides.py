@@ -9,5 +9,5 @@ from duvflow.evaluate.aggregate import aggregate_slides
 
 aggregate_slides(
     patches=snakemake.input.patches, splits=snakemake.input.splits, fold=snakemake.wildcards.fold,
-    output=snakemake.output.slides, theta_output=snakemake.output.theta, config=snakemake.params.aggregate,
+    output=snakemake.output.slides, theta_output=snakemake.output.theta, aggregate=snakemake.params.aggregate,
 )

@@ -10,5 +10,5 @@ from duvflow.evaluate.evaluation import evaluate_arm
 evaluate_arm(
     slides=snakemake.input.slides, arm=snakemake.wildcards.arm, metrics_json=snakemake.output.metrics,
     metrics_csv=snakemake.output.table, pooled_slides=snakemake.output.slides, roc_plot=snakemake.output.roc,
-    config=snakemake.params.evaluate, seed=snakemake.params.seed,
+    evaluate=snakemake.params.evaluate, seed=snakemake.params.seed,
 )

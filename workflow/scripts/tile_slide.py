@@ -9,6 +9,6 @@ from duvflow.slides.tiling import tile_slide
 
 tile_slide(
     slide=snakemake.input.slide, slide_id=snakemake.wildcards.slide, label=snakemake.params.label,
-    config=snakemake.params.tiling, tiles=snakemake.output.tiles, store=snakemake.output.store,
+    tiling=snakemake.params.tiling, tiles=snakemake.output.tiles, store=snakemake.output.store,
     status=snakemake.output.status, thumbnail=snakemake.output.thumbnail, threads=snakemake.threads,
 )

@@ -136,7 +136,7 @@ def _predict_one(sid: str, path: Path, net, meta: dict, tiling: dict, out_dir: P
     tiles_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{sid}.", dir=tiles_dir))
     try:
-        status = tile_slide(slide=path, slide_id=sid, label="unknown", config=tiling, tiles=work / f"{sid}.parquet",
+        status = tile_slide(slide=path, slide_id=sid, label="unknown", tiling=tiling, tiles=work / f"{sid}.parquet",
                             store=work / f"{sid}.h5", status=work / f"{sid}.json", thumbnail=work / f"{sid}.png",
                             threads=threads)
         if status["status"] != "ok" or status["n_patches"] == 0:

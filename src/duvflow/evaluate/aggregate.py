@@ -125,14 +125,14 @@ def choose_theta(scores, labels, grid: Sequence[float], anchor: float) -> float:
 
 
 def aggregate_slides(*, patches: str | os.PathLike, splits: str | os.PathLike, fold: str,
-                     output: str | os.PathLike, theta_output: str | os.PathLike, config: dict) -> pd.DataFrame:
+                     output: str | os.PathLike, theta_output: str | os.PathLike, aggregate: dict) -> pd.DataFrame:
     """Slide scores, the fold's thetas and slide predictions for one fold's val and test slides.
 
     Writes ``output`` (CSV: ``slide_id, fold, role, label, score, n_patches, theta, prediction,
     theta_fixed, theta_auto``; ``theta``/``prediction`` follow the configured mode) and
     ``theta_output`` (JSON with both thetas and what they were chosen on).
     """
-    cfg = from_dict(AggregateConfig, config, "aggregate")
+    cfg = from_dict(AggregateConfig, aggregate, "aggregate")
     probs = pd.read_parquet(patches)
     split = read_splits(splits)
     split = split[split["fold"] == str(fold)]

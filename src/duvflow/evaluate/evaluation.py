@@ -153,14 +153,14 @@ def _test_slides(tables: pd.DataFrame) -> pd.DataFrame:
 
 def evaluate_arm(*, slides: Sequence[str | os.PathLike], arm: str, metrics_json: str | os.PathLike,
                  metrics_csv: str | os.PathLike, pooled_slides: str | os.PathLike, roc_plot: str | os.PathLike,
-                 config: dict, seed: int = 0) -> dict:
+                 evaluate: dict, seed: int = 0) -> dict:
     """Pooled and per-fold metrics of one arm for the fixed and the auto theta, with bootstrap CIs.
 
     ``slides`` are the arm's per-fold tables of the cross-validation folds. Writes a JSON with
     everything, a long CSV (``arm, scope, fold, theta_mode, theta, metric, value, ci_low, ci_high``),
     the pooled test slides with both predictions, and a ROC plot (pooled and per fold).
     """
-    cfg = from_dict(EvaluateConfig, config, "evaluate")
+    cfg = from_dict(EvaluateConfig, evaluate, "evaluate")
     test = _test_slides(load_slide_tables(slides))
     if test.empty:
         raise ValueError(f"arm {arm}: no test slides in {', '.join(map(str, slides))}")

@@ -222,12 +222,12 @@ class _RealImages:
 
 
 def measure_fidelity(*, synthetic: str, tables: Sequence[str], stores: Sequence[str], statuses: Sequence[str] | None,
-                     splits: str, fold: str, condition: str, teacher: str, output: str, cfg: dict, seed: int,
+                     splits: str, fold: str, condition: str, teacher: str, output: str, fidelity: dict, seed: int,
                      teacher_config: str | None = None, threads: int = 1) -> None:
     """FID, FD-DINO and KID of one synthetic folder against the fold's real training patches."""
     from duvflow.ssl.model import load_teacher
 
-    cfg = from_dict(FidelityConfig, cfg, "fidelity")
+    cfg = from_dict(FidelityConfig, fidelity, "fidelity")
     configure_threads(threads)
     device = select_device(cfg.device)
     seed = fold_seed(seed, fold)

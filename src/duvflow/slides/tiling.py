@@ -176,7 +176,7 @@ def resolve_patch_size(cfg: TilingConfig, slide: Slide) -> tuple[int, tuple[floa
     return size, mpp, source
 
 
-def tile_slide(*, slide: str | os.PathLike, slide_id: str, label: str, config: dict, tiles: str | os.PathLike,
+def tile_slide(*, slide: str | os.PathLike, slide_id: str, label: str, tiling: dict, tiles: str | os.PathLike,
                store: str | os.PathLike, status: str | os.PathLike, thumbnail: str | os.PathLike,
                threads: int = 1) -> dict:
     """Tile one slide into ``store`` + ``tiles`` table; write ``status`` JSON and the QC ``thumbnail``.
@@ -184,7 +184,7 @@ def tile_slide(*, slide: str | os.PathLike, slide_id: str, label: str, config: d
     Returns the status record. ``threads`` > 1 reads and compresses patches in worker threads
     (OpenSlide and the compressor release the GIL); the output does not depend on it.
     """
-    cfg = TilingConfig.from_dict(config)
+    cfg = TilingConfig.from_dict(tiling)
     t_start = time.perf_counter()
     record = {"slide_id": slide_id, "label": label, "path": str(slide), "status": "ok", "reason": "",
               "n_patches": 0, "n_candidates": 0, "background": None, "background_requested": cfg.background,
