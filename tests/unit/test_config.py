@@ -25,14 +25,14 @@ def test_floats_for_integer_keys_are_named_with_the_fix():
         sampling: {max_synthetic: null}
         resources: {train_dino: {gpu: 1.0, threads: 8}}
     """)
+    why = "a number with a decimal point where an integer is expected"
     assert float_integers(config, SCHEMA) == [
-        "seed is 1234.0, a number with a decimal point where an integer is expected: write 1234",
-        "tiling.thumbnail_max is 2048.0, a number with a decimal point where an integer is expected: write 2048",
-        "classifier.epochs is 10.5, a number with a decimal point where an integer is expected: an integer is needed",
-        "classifier.val_max_patches_per_slide is 2000.0, a number with a decimal point where an integer is expected: "
-        "write 2000",
-        "vae.block_out_channels[1] is 256.0, a number with a decimal point where an integer is expected: write 256",
-        "resources.train_dino.gpu is 1.0, a number with a decimal point where an integer is expected: write 1",
+        f"seed is 1234.0, {why}: write 1234",
+        f"tiling.thumbnail_max is 2048.0, {why}: write 2048",
+        f"classifier.epochs is 10.5, {why}: an integer is needed",
+        f"classifier.val_max_patches_per_slide is 2000.0, {why}: write 2000",
+        f"vae.block_out_channels[1] is 256.0, {why}: write 256",
+        f"resources.train_dino.gpu is 1.0, {why}: write 1",
     ]
 
 
