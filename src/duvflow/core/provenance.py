@@ -56,9 +56,10 @@ def git_state(package_dir: str | Path = PACKAGE_DIR) -> tuple[str, bool] | None:
     package_dir = Path(package_dir)
     if not _git(package_dir, "ls-files", "--", "__init__.py"):
         return None
-    top, commit = _git(package_dir, "rev-parse", "--show-toplevel"), _git(package_dir, "rev-parse", "HEAD")
-    if not top or not commit:
+    lines = (_git(package_dir, "rev-parse", "--show-toplevel", "HEAD") or "").splitlines()
+    if len(lines) != 2:
         return None
+    top, commit = lines
     code_dirs = [d for d in ("src", "workflow") if (Path(top) / d).is_dir()]
     status = _git(Path(top), "status", "--porcelain", "--untracked-files=normal", "--", *code_dirs)
     return commit, status is None or bool(status)
