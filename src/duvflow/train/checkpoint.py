@@ -147,7 +147,6 @@ class CheckpointManager:
 
     def load_latest(self, map_location: str = "cpu") -> dict | None:
         """The newest checkpoint's state, or None when there is none or it belongs to another run."""
-
         existing = self._existing()
         if not existing:
             return None
