@@ -61,11 +61,10 @@ def check_model_folder(folder: str | os.PathLike) -> dict:
             raise FileNotFoundError(f"{folder} is not a duvflow classifier folder: {name} is missing (use "
                                     "results/deploy/<arm>/ or results/classifier/<arm>/fold_all/)")
     meta = read_json(folder / "model.json")
-    if not isinstance(meta, dict):
-        raise ValueError(f"{folder / 'model.json'} is not a classifier description (a JSON object)")
-    for key in MODEL_KEYS:
-        if key not in meta:
-            raise ValueError(f"{folder / 'model.json'} lacks {key!r}; it was not written by train_classifier")
+    missing = [k for k in MODEL_KEYS if k not in meta] if isinstance(meta, dict) else list(MODEL_KEYS)
+    if missing:
+        raise ValueError(f"{folder / 'model.json'} lacks {', '.join(map(repr, missing))}; it was not written by "
+                         "train_classifier (or was edited): export the model again")
     return meta
 
 
