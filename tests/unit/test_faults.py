@@ -434,6 +434,7 @@ def test_snakemake_n_folds_checked_from_the_sheet_at_start(tmp_path):
 def test_snakemake_arms_real_alone_runs(tmp_path, deploy):
     """The README's `arms: [real]` on the paper config: the deploy arm follows it (or is unused)."""
     rc, out = _dry_run(tmp_path, ROOT / "config" / "config.yaml",
-                       _overlay(tmp_path, f"arms: [real]\ndeploy: {deploy}\ndemo:\n  enabled: true\n  n_slides: 4\n"))
+                       _overlay(tmp_path, f"arms: [real]\ndeploy: {deploy}\ndemo:\n  enabled: true\n  n_slides: 4\n"
+                                          "splits:\n  n_folds: 2\n"))
     assert rc == 0, out[-3000:]
     assert "train_classifier" in out and "train_ldm" not in out
