@@ -21,7 +21,9 @@ from duvflow.demo.cohort import cohort_plan
 
 # short messages naming each bad key first; then snakemake's validate fills in the defaults
 try:
-    check_config(config, os.path.join(workflow.basedir, "schemas", "config.schema.yaml"))
+    check_config(
+        config, os.path.join(workflow.basedir, "schemas", "config.schema.yaml")
+    )
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 validate(config, schema="../schemas/config.schema.yaml")
@@ -55,7 +57,11 @@ samples = load_samples()
 try:  # the folds need every class in every test fold: say so now, not after tiling
     check_class_counts(samples["label"], config["splits"]["n_folds"])
 except ValueError as err:
-    source = "demo cohort" if config["demo"]["enabled"] else f"sample sheet {config['samples']}"
+    source = (
+        "demo cohort"
+        if config["demo"]["enabled"]
+        else f"sample sheet {config['samples']}"
+    )
     raise WorkflowError(f"{source}: {err}") from None
 SLIDES = list(samples["slide_id"])
 # classifier arms: `real`, or `real+<LDM condition>` (real patches + that condition's synthetic set)
