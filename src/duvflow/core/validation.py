@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import reprlib
 from collections.abc import Mapping, Sequence
@@ -66,8 +67,12 @@ def check_config_files(paths: Sequence[str | os.PathLike]) -> None:
         except UnicodeDecodeError as err:
             line = path.read_bytes()[: err.start].count(b"\n") + 1
             raise ConfigError(f"config file {path}, line {line}: not UTF-8 text; save it as UTF-8") from None
+        try:  # Snakemake reads JSON first (JSON may indent with tabs, YAML may not)
+            data = json.loads(text)
+        except ValueError:
+            data = None
         try:
-            data = yaml.safe_load(text)
+            data = data if data is not None else yaml.safe_load(text)
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
