@@ -31,7 +31,7 @@ from duvflow.cli import build_parser, main
 from duvflow.core.io import atomic_path, write_json
 from duvflow.core.sheet import read_sheet
 from duvflow.core.splits import check_class_counts, make_splits
-from duvflow.core.validation import check_config, check_config_files
+from duvflow.core.validation import check_config, check_config_files, config_files_in_argv
 from duvflow.demo.cohort import write_pyramid_tiff
 from duvflow.slides.tiling import tile_slide
 from duvflow.train.checkpoint import CheckpointManager, load_weights, save_weights
@@ -370,6 +370,19 @@ def test_safetensors_outputs_have_the_usual_mode(tmp_path):
     assert stat.S_IMODE((tmp_path / "model.safetensors").stat().st_mode) == mode
     assert stat.S_IMODE((tmp_path / "vae" / "weights.safetensors").stat().st_mode) == mode
     assert mode & stat.S_IRUSR and not mode & stat.S_IXUSR
+
+
+def test_config_files_are_found_on_a_snakemake_command_line(tmp_path):
+    """What the workflow profile checks: every ``--configfile(s)`` file and the working directory's config."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text("seed: 1\n")
+    argv = ["snakemake", "-n", "--configfile", "a.yaml", "b.yaml", "--cores", "2", "all", "--configfiles=c.yaml",
+            "--directory", str(tmp_path)]
+    assert config_files_in_argv(argv) == [Path("a.yaml"), Path("b.yaml"), Path("c.yaml"),
+                                          tmp_path / "config" / "config.yaml"]
+    tabs = tmp_path / "tabs.json"
+    tabs.write_text('{\n\t"seed": 3\n}\n')  # valid JSON, which Snakemake reads before trying YAML
+    check_config_files([tabs, tmp_path / "missing.yaml"])
 
 
 def test_help_documents_the_exit_codes():
