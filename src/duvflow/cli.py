@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             table = predict_slides(slides=args.slides, model=args.model, out_dir=args.out, theta=args.theta,
                                    batch_size=args.batch_size, device=args.device, num_workers=args.workers,
                                    threads=args.threads, heatmap_max=args.heatmap_size, keep_tiles=args.keep_tiles)
-        except (FileNotFoundError, ValueError) as err:
+        except (OSError, ValueError) as err:  # a bad model folder or argument: the message names it
             _log.error("%s", err)
             return 2
         failed = table[table["status"] != "ok"]

@@ -54,7 +54,7 @@ def check_model_folder(folder: str | os.PathLike) -> dict:
     if not folder.exists():
         raise FileNotFoundError(f"model folder {folder} does not exist")
     if not folder.is_dir():
-        raise FileNotFoundError(f"--model {folder} is a file; give the folder that holds model.safetensors "
+        raise NotADirectoryError(f"--model {folder} is a file; give the folder that holds model.safetensors "
                                 "and model.json")
     for name in ("model.safetensors", "model.json"):
         if not (folder / name).is_file():

@@ -25,7 +25,8 @@ from duvflow.core.config import from_dict
 from duvflow.core.io import read_json, write_csv
 from duvflow.core.labels import LABELS
 
-__all__ = ["SplitsConfig", "assign_folds", "check_class_counts", "check_no_leakage", "fold_seed", "make_splits", "read_splits"]
+__all__ = ["SplitsConfig", "assign_folds", "check_class_counts", "check_no_leakage", "fold_seed", "make_splits",
+           "read_splits"]
 
 _log = logging.getLogger(__name__)
 ROLES = ("train", "val", "test")
