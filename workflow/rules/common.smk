@@ -17,8 +17,17 @@ os.environ.update(
 
 from duvflow.core.config import float_integers
 from duvflow.core.sheet import SampleSheetError, read_sheet, validate_sheet
+from duvflow.core.splits import check_class_counts
+from duvflow.core.validation import ConfigError, check_config
 from duvflow.demo.cohort import cohort_plan
 
+# short messages naming each bad key first; then snakemake's validate fills in the defaults
+try:
+    check_config(
+        config, os.path.join(workflow.basedir, "schemas", "config.schema.yaml")
+    )
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
 validate(config, schema="../schemas/config.schema.yaml")
 # JSON Schema lets 128.0 pass as an integer; the code would fail on it far from the config
 schema_text = open(os.path.join(workflow.basedir, "schemas", "config.schema.yaml")).read()
@@ -52,6 +61,15 @@ def load_samples():
 
 
 samples = load_samples()
+try:  # the folds need every class in every test fold: say so now, not after tiling
+    check_class_counts(samples["label"], config["splits"]["n_folds"])
+except ValueError as err:
+    source = (
+        "demo cohort"
+        if config["demo"]["enabled"]
+        else f"sample sheet {config['samples']}"
+    )
+    raise WorkflowError(f"{source}: {err}") from None
 SLIDES = list(samples["slide_id"])
 # classifier arms: `real`, or `real+<LDM condition>` (real patches + that condition's synthetic set)
 ARMS = list(config["arms"])
@@ -95,9 +113,10 @@ def get_slide_label(wildcards):
 
 # --- classifier, aggregation, evaluation ---------------------------------------------------------
 DEPLOY_ARM = config["deploy"]["arm"] or ARMS[-1]
-if DEPLOY_ARM not in ARMS:
+if config["deploy"]["enabled"] and DEPLOY_ARM not in ARMS:
     raise WorkflowError(
-        f"deploy.arm {DEPLOY_ARM!r} is not one of the configured arms ({', '.join(ARMS)})"
+        f"deploy.arm {DEPLOY_ARM!r} is not one of the configured arms ({', '.join(ARMS)}); "
+        "set deploy.arm to one of them, or to null for the last one"
     )
 
 

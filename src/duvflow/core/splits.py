@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +23,10 @@ import pandas as pd
 
 from duvflow.core.config import from_dict
 from duvflow.core.io import read_json, write_csv
+from duvflow.core.labels import LABELS
 
-__all__ = ["SplitsConfig", "assign_folds", "check_no_leakage", "fold_seed", "make_splits", "read_splits"]
+__all__ = ["SplitsConfig", "assign_folds", "check_class_counts", "check_no_leakage", "fold_seed", "make_splits",
+           "read_splits"]
 
 _log = logging.getLogger(__name__)
 ROLES = ("train", "val", "test")
@@ -39,6 +42,25 @@ class SplitsConfig:
 def fold_seed(seed: int, fold: str | int) -> int:
     """A stage's seed for ``fold``: distinct per fold, stable across runs (fold ``all`` -> ``seed``)."""
     return int(seed) if str(fold) == "all" else int(seed) + 7919 * (int(fold) + 1)
+
+
+def check_class_counts(labels: Iterable[str], n_folds: int, *, left_out: Sequence[str] = ()) -> None:
+    """Raise unless every class has at least ``n_folds`` slides (each test fold needs one of each).
+
+    Called at workflow start on the sample sheet and again on the slides that survived tiling
+    (``left_out``: the skipped ones), with the same wording.
+    """
+    counts = Counter(labels)
+    short = [lab for lab in LABELS if counts[lab] < n_folds]
+    if not short:
+        return
+    found = ", ".join(f"{counts[lab]} {lab}" for lab in LABELS)
+    where = (f"after tiling left out {len(left_out)} slide(s) ({', '.join(left_out)}; see the QC table), "
+             if left_out else "")
+    fewest = min(counts[lab] for lab in LABELS)
+    remedy = f"Lower splits.n_folds to {fewest} or add" if fewest >= 2 else "Add"
+    raise ValueError(f"splits.n_folds = {n_folds} needs at least {n_folds} slides of each class, but {where}the "
+                     f"cohort has {found}. {remedy} {' and '.join(short)} slides.")
 
 
 def assign_folds(labels: Mapping[str, str], cfg: SplitsConfig, seed: int) -> pd.DataFrame:
@@ -130,7 +152,7 @@ def make_splits(*, statuses: Sequence[str | os.PathLike], labels: Mapping[str, s
                 splits: dict, seed: int) -> pd.DataFrame:
     """Write ``splits.csv`` for the slides whose tiling status is ``ok`` (``statuses``: tile JSONs)."""
     cfg = from_dict(SplitsConfig, splits, "splits")
-    usable = {}
+    usable, left_out = {}, []
     for path in statuses:
         status = read_json(path)
         sid = status.get("slide_id")
@@ -139,10 +161,12 @@ def make_splits(*, statuses: Sequence[str | os.PathLike], labels: Mapping[str, s
         if status.get("status") == "ok" and status.get("n_patches", 1) > 0:
             usable[sid] = labels[sid]
         else:
+            left_out.append(sid)
             _log.info("slide %s left out of the folds: tiling status %s (%s)", sid, status.get("status"),
                       status.get("reason", ""))
     if not usable:
         raise ValueError("no usable slides: every slide was skipped or had no tissue (see the QC table)")
+    check_class_counts(usable.values(), cfg.n_folds, left_out=left_out)
     table = assign_folds(usable, cfg, seed)
     write_csv(table, output)
     summary = table.groupby(["fold", "role"]).size().unstack(fill_value=0)
