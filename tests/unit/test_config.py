@@ -5,15 +5,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from duvflow.core.config import float_integers
+from duvflow.core.validation import config_errors
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
 
 
 @pytest.mark.parametrize("config_file", ["config/config.yaml", "config/demo.yaml", "tests/config.yaml"])
-def test_shipped_configs_write_integers_as_integers(config_file):
-    assert float_integers(yaml.safe_load((ROOT / config_file).read_text()), SCHEMA) == []
+def test_shipped_configs_are_valid_with_integers_as_integers(config_file):
+    assert config_errors(yaml.safe_load((ROOT / config_file).read_text()), SCHEMA) == []
 
 
 def test_floats_for_integer_keys_are_named_with_the_fix():
@@ -25,19 +25,17 @@ def test_floats_for_integer_keys_are_named_with_the_fix():
         sampling: {max_synthetic: null}
         resources: {train_dino: {gpu: 1.0, threads: 8}}
     """)
-    why = "a number with a decimal point where an integer is expected"
-    assert float_integers(config, SCHEMA) == [
-        f"seed is 1234.0, {why}: write 1234",
-        f"tiling.thumbnail_max is 2048.0, {why}: write 2048",
-        f"classifier.epochs is 10.5, {why}: an integer is needed",
-        f"classifier.val_max_patches_per_slide is 2000.0, {why}: write 2000",
-        f"vae.block_out_channels[1] is 256.0, {why}: write 256",
-        f"resources.train_dino.gpu is 1.0, {why}: write 1",
-    ]
+    errors = config_errors(config, SCHEMA)
+    expected = {"seed": "(write 1234)", "tiling.thumbnail_max": "(write 2048)", "classifier.epochs": "not float",
+                "classifier.val_max_patches_per_slide": "(write 2000)", "vae.block_out_channels[1]": "(write 256)",
+                "resources.train_dino.gpu": "(write 1)"}
+    assert len(errors) == len(expected), errors
+    for key, fix in expected.items():
+        assert any(e.startswith(f"{key} = ") and "must be of type integer" in e and fix in e for e in errors), key
 
 
 def test_numbers_and_free_form_sections_are_left_alone():
     # number keys take 1.0; model_kwargs is free-form (timm's own keyword arguments)
     config = {"tiling": {"min_tissue_fraction": 1.0}, "classifier": {"model_kwargs": {"mlp_ratio": 2.0}},
               "aggregate": {"theta": 1.0, "theta_grid": [0.1, 1.0]}}
-    assert float_integers(config, SCHEMA) == []
+    assert config_errors(config, SCHEMA) == []

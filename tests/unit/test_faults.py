@@ -182,7 +182,7 @@ def _folds_after_tiling(tmp: Path) -> str:
 
 def _tile(tmp: Path, slide: Path, **cfg) -> dict:
     out = tmp / "tiles"
-    return tile_slide(slide=slide, slide_id="s1", label="benign", config={"patch_size": 128, **cfg},
+    return tile_slide(slide=slide, slide_id="s1", label="benign", tiling={"patch_size": 128, **cfg},
                       tiles=out / "s1.parquet", store=out / "s1.h5", status=out / "s1.json",
                       thumbnail=out / "s1.png")
 
@@ -228,7 +228,7 @@ def _sigterm_while_tiling(tmp: Path, tiny_pyramid_tiff: Path) -> str:
         PatchStoreWriter.write_encoded = slow
         from duvflow.slides.tiling import tile_slide
         out = {str(tmp / 'tiles')!r}
-        tile_slide(slide={str(tiny_pyramid_tiff)!r}, slide_id="s1", label="benign", config={{"patch_size": 64}},
+        tile_slide(slide={str(tiny_pyramid_tiff)!r}, slide_id="s1", label="benign", tiling={{"patch_size": 64}},
                    tiles=out + "/s1.parquet", store=out + "/s1.h5", status=out + "/s1.json",
                    thumbnail=out + "/s1.png")
     """)

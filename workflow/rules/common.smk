@@ -4,7 +4,6 @@ import os
 import re
 import sys
 
-import yaml
 from snakemake.utils import validate
 
 # Rules import the `duvflow` package of this checkout whatever environment runs them (the venv,
@@ -15,7 +14,6 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [DUVFLOW_SRC, os.getenv("PYTHONPATH")]))
 )
 
-from duvflow.core.config import float_integers
 from duvflow.core.sheet import SampleSheetError, read_sheet, validate_sheet
 from duvflow.core.splits import check_class_counts
 from duvflow.core.validation import ConfigError, check_config
@@ -29,11 +27,6 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 validate(config, schema="../schemas/config.schema.yaml")
-# JSON Schema lets 128.0 pass as an integer; the code would fail on it far from the config
-schema_text = open(os.path.join(workflow.basedir, "schemas", "config.schema.yaml")).read()
-float_problems = float_integers(config, yaml.safe_load(schema_text))
-if float_problems:
-    raise WorkflowError("config (your --configfile): " + "; ".join(float_problems))
 
 OUT = config["output_dir"]
 

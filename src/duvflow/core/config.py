@@ -10,7 +10,7 @@ import dataclasses
 import typing
 from typing import Any, TypeVar
 
-__all__ = ["RUNTIME_KEYS", "float_integers", "from_dict", "result_settings"]
+__all__ = ["RUNTIME_KEYS", "from_dict", "result_settings"]
 
 T = TypeVar("T")
 
@@ -33,31 +33,6 @@ def result_settings(section: str, values: dict[str, Any]) -> dict[str, Any]:
     """``values`` without the section's run-time-only keys (what a result, or a checkpoint, depends on)."""
     skip = RUNTIME_KEYS.get(section, frozenset())
     return {k: v for k, v in values.items() if k not in skip}
-
-
-def float_integers(values: Any, schema: dict, where: str = "") -> list[str]:
-    """Keys the schema types as integers whose value is a float, e.g. ``tiling.patch_size: 128.0``.
-
-    JSON Schema counts ``128.0`` as an integer, so ``validate`` lets it through, while Python code
-    (``range``, array shapes) refuses it far from the config. One message per key, naming it and the fix.
-    """
-    types = schema.get("type")
-    types = {types} if isinstance(types, str) else set(types or ())
-    if isinstance(values, float) and "integer" in types and "number" not in types:
-        fix = f"write {int(values)}" if values.is_integer() else "an integer is needed"
-        return [f"{where} is {values!r}, a number with a decimal point where an integer is expected: {fix}"]
-    problems = []
-    if isinstance(values, dict):
-        for key, value in values.items():
-            sub = schema.get("properties", {}).get(key)
-            if sub is None and isinstance(schema.get("additionalProperties"), dict):
-                sub = schema["additionalProperties"]
-            if sub is not None:
-                problems += float_integers(value, sub, f"{where}.{key}" if where else key)
-    elif isinstance(values, list) and isinstance(schema.get("items"), dict):
-        for i, value in enumerate(values):
-            problems += float_integers(value, schema["items"], f"{where}[{i}]")
-    return problems
 
 
 def from_dict(cls: type[T], values: dict[str, Any] | None, section: str | None = None) -> T:
