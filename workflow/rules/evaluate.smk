@@ -1,16 +1,27 @@
 # Slide-level aggregation (theta: a parameter of this stage only, so changing it reruns nothing
 # upstream), cross-validated evaluation per arm, the theta sweep and the comparison of the arms.
+# A theta change reruns only these light jobs (pandas, NumPy, matplotlib; no torch, SciPy or
+# scikit-learn): one aggregation job per arm covers all its cross-validation folds (outputs stay
+# per fold; fold `all`, the deployable model's, is aggregated by export_model), and all of them are
+# local rules (seconds of work: on a cluster they run beside Snakemake instead of waiting in a queue).
 
 
 rule aggregate_slides:
+    localrule: True
     input:
-        patches=out("predictions", "{arm}", "fold_{fold}", "patches.parquet"),
+        patches=expand(
+            out("predictions", "{{arm}}", "fold_{fold}", "patches.parquet"), fold=CV_FOLDS
+        ),
         splits=out("splits.csv"),
     output:
-        slides=out("predictions", "{arm}", "fold_{fold}", "slides.csv"),
-        theta=out("predictions", "{arm}", "fold_{fold}", "theta.json"),
+        slides=expand(
+            out("predictions", "{{arm}}", "fold_{fold}", "slides.csv"), fold=CV_FOLDS
+        ),
+        theta=expand(
+            out("predictions", "{{arm}}", "fold_{fold}", "theta.json"), fold=CV_FOLDS
+        ),
     log:
-        out("logs", "aggregate_slides", "{arm}", "fold_{fold}.log"),
+        out("logs", "aggregate_slides", "{arm}.log"),
     conda:
         "../envs/duvflow.yaml"
     threads: 1
@@ -19,11 +30,13 @@ rule aggregate_slides:
         runtime=10,
     params:
         aggregate=cfg("aggregate"),
+        folds=CV_FOLDS,
     script:
         "../scripts/aggregate_slides.py"
 
 
 rule evaluate_arm:
+    localrule: True
     input:
         slides=get_fold_slide_tables,
     output:
@@ -59,6 +72,7 @@ rule evaluate_arm:
 
 
 rule sweep_theta:
+    localrule: True
     input:
         slides=get_fold_slide_tables,
     output:
@@ -85,6 +99,7 @@ rule sweep_theta:
 
 
 rule compare_arms:
+    localrule: True
     input:
         metrics=expand(out("evaluation", "{arm}", "metrics.json"), arm=ARMS),
         slides=expand(out("evaluation", "{arm}", "slides.csv"), arm=ARMS),
