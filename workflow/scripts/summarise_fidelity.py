@@ -3,7 +3,7 @@
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
-from duvflow.ldm.fidelity import summarise_fidelity
+from duvflow.ldm.fidelity_table import summarise_fidelity
 
 summarise_fidelity(reports=list(snakemake.input.reports), table=snakemake.output.table,
                    markdown=snakemake.output.markdown)

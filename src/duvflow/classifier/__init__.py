@@ -17,7 +17,8 @@ _EXPORTS = {
     "ClassifierConfig": "train",
     "train_classifier": "train",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["CLASSES", "ClassifierConfig", "PatchClassifier", "build_classifier", "load_classifier", "predict_probs",
+           "predict_tiles", "train_classifier"]
 
 
 def __getattr__(name: str):
