@@ -127,16 +127,43 @@ def benchmark_files(results: Path) -> pd.DataFrame:
             .sort_values("total_s", ascending=False).round(1))
 
 
+# what Snakemake's preamble of a `script:` job imports before the entry point runs
+PREAMBLE = "import snakemake.io, snakemake.iocontainers, snakemake.logging"
+IMPORT_PROBE = """
+import importlib, resource, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(usage.ru_utime + usage.ru_stime)
+"""
+
+
+def import_cost(rule: str) -> float:
+    """CPU seconds a job of ``rule`` spends starting Python and importing what its entry point
+    imports (Snakemake's script preamble included), measured in a fresh interpreter; NaN without a script."""
+    script = ROOT / "workflow" / "scripts" / f"{rule}.py"
+    if not script.is_file():
+        return float("nan")
+    modules = re.findall(r"^(?:from|import) (duvflow[\w.]*)", script.read_text(), re.MULTILINE)
+    cmd = [sys.executable, "-c", PREAMBLE + "\n" + IMPORT_PROBE, *modules]
+    path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.getenv("PYTHONPATH")]))
+    proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=path))
+    return float(proc.stdout.split()[-1])
+
+
 def report_run(table: pd.DataFrame, title: str) -> None:
     rules = per_rule(table)
     if rules.empty:
         print(f"\n{title}: no job records")
         return
-    print(f"\n{title} ({len(table)} jobs; start-up = job start to its first log line):")
+    rules["imports_cpu_s"] = [round(import_cost(rule), 2) for rule in rules.index]
+    print(f"\n{title} ({len(table)} jobs; start-up = job start to its first log line; imports_cpu_s = Python "
+          "start and imports of one job, in CPU seconds):")
     print(rules.to_string())
     startup = table["startup_s"].dropna()
+    imports = (rules["jobs"] * rules["imports_cpu_s"]).sum()
     print(f"sum over jobs: {table['wall_s'].sum() / 60:.1f} min, of it start-up {startup.sum() / 60:.1f} min "
-          f"(median {startup.median():.1f} s per job)")
+          f"(median {startup.median():.1f} s per job); imports alone {imports / 60:.1f} CPU min")
 
 
 def theta_change(workdir: Path, configfile: Path, cores: int, theta) -> None:
@@ -144,7 +171,7 @@ def theta_change(workdir: Path, configfile: Path, cores: int, theta) -> None:
 
     extra = workdir / "theta-change.yaml"
     extra.write_text(yaml.safe_dump({"aggregate": {"theta": theta}}))
-    _, _, dry = snakemake(workdir, [configfile, extra], cores, "-n")
+    dry_wall, dry_cpu, dry = snakemake(workdir, [configfile, extra], cores, "-n")
     planned = job_counts(dry)
     since = time.time()
     wall, cpu, _ = snakemake(workdir, [configfile, extra], cores)
@@ -156,6 +183,7 @@ def theta_change(workdir: Path, configfile: Path, cores: int, theta) -> None:
           + (f"UNEXPECTED upstream jobs: {unexpected}" if unexpected else "only aggregation-side jobs ran"))
     if not ran.empty:
         span = ran["end"].max() - ran["start"].min()
+        print(f"Snakemake alone (the dry run: start-up, DAG, what reruns): {dry_wall:.1f} s wall, {dry_cpu:.1f} CPU s")
         print(f"jobs' span {span:.1f} s; Snakemake's own start-up and bookkeeping {wall - span:.1f} s; "
               f"per-job start-up (to the first log line) mean {ran['startup_s'].mean():.2f} s, "
               f"max {ran['startup_s'].max():.2f} s")

@@ -63,7 +63,6 @@ rule predict_tiles:
 
 
 rule export_model:
-    localrule: True
     input:
         model=out("classifier", "{arm}", "fold_all", "model.safetensors"),
         meta=out("classifier", "{arm}", "fold_all", "model.json"),
@@ -77,6 +76,7 @@ rule export_model:
         theta=out("predictions", "{arm}", "fold_all", "theta.json"),
     log:
         out("logs", "export_model", "{arm}.log"),
+    localrule: True
     conda:
         "../envs/duvflow.yaml"
     threads: 1

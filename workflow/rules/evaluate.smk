@@ -7,10 +7,10 @@
 
 
 rule aggregate_slides:
-    localrule: True
     input:
         patches=expand(
-            out("predictions", "{{arm}}", "fold_{fold}", "patches.parquet"), fold=CV_FOLDS
+            out("predictions", "{{arm}}", "fold_{fold}", "patches.parquet"),
+            fold=CV_FOLDS,
         ),
         splits=out("splits.csv"),
     output:
@@ -22,6 +22,7 @@ rule aggregate_slides:
         ),
     log:
         out("logs", "aggregate_slides", "{arm}.log"),
+    localrule: True
     conda:
         "../envs/duvflow.yaml"
     threads: 1
@@ -36,7 +37,6 @@ rule aggregate_slides:
 
 
 rule evaluate_arm:
-    localrule: True
     input:
         slides=get_fold_slide_tables,
     output:
@@ -58,6 +58,7 @@ rule evaluate_arm:
         ),
     log:
         out("logs", "evaluate_arm", "{arm}.log"),
+    localrule: True
     conda:
         "../envs/duvflow.yaml"
     threads: 1
@@ -72,7 +73,6 @@ rule evaluate_arm:
 
 
 rule sweep_theta:
-    localrule: True
     input:
         slides=get_fold_slide_tables,
     output:
@@ -86,6 +86,7 @@ rule sweep_theta:
         ),
     log:
         out("logs", "sweep_theta", "{arm}.log"),
+    localrule: True
     conda:
         "../envs/duvflow.yaml"
     threads: 1
@@ -99,7 +100,6 @@ rule sweep_theta:
 
 
 rule compare_arms:
-    localrule: True
     input:
         metrics=expand(out("evaluation", "{arm}", "metrics.json"), arm=ARMS),
         slides=expand(out("evaluation", "{arm}", "slides.csv"), arm=ARMS),
@@ -120,6 +120,7 @@ rule compare_arms:
         ),
     log:
         out("logs", "compare_arms", "all.log"),
+    localrule: True
     conda:
         "../envs/duvflow.yaml"
     threads: 1
