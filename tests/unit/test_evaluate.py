@@ -8,17 +8,21 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_curve as sklearn_roc_curve
 
 from duvflow.evaluate.aggregate import binary_metrics
 from duvflow.evaluate.evaluation import (
     _auc_rows,
+    _average_ranks,
     _counts_metrics,
     bootstrap_metrics,
     compare_arms,
     evaluate_arm,
     metric_table,
     roc_auc,
+    roc_curve,
     sweep_theta,
 )
 
@@ -76,6 +80,22 @@ def test_vectorised_metrics_match_the_reference():
             assert auc[i] == pytest.approx(roc_auc_score(y[i], s[i]))
         else:
             assert math.isnan(auc[i])
+
+
+def test_numpy_roc_and_ranks_equal_scikit_learn_and_scipy_exactly():
+    # the evaluation jobs avoid importing scikit-learn and SciPy; their results must not change
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        n = int(rng.integers(2, 30))
+        s = np.round(rng.random((20, n)), int(rng.integers(1, 4)))  # coarse rounding: many ties
+        assert np.array_equal(_average_ranks(s), rankdata(s, axis=1))
+        y = rng.integers(0, 2, n)
+        if 0 < y.sum() < n:
+            for ours, ref in zip(roc_curve(y, s[0]), sklearn_roc_curve(y, s[0]), strict=True):
+                assert np.array_equal(ours, ref)
+            assert roc_auc(y, s[0]) == roc_auc_score(y, s[0])
+    fpr, tpr, _ = roc_curve([1, 1, 1], [0.1, 0.5, 0.9])  # no negatives: the false positive rate is undefined
+    assert np.isnan(fpr).all() and tpr[0] == 0 and tpr[-1] == 1
 
 
 def test_bootstrap_ci_contains_the_point_estimate():

@@ -1,16 +1,28 @@
 # Slide-level aggregation (theta: a parameter of this stage only, so changing it reruns nothing
 # upstream), cross-validated evaluation per arm, the theta sweep and the comparison of the arms.
+# A theta change reruns only these light jobs (pandas, NumPy, matplotlib; no torch, SciPy or
+# scikit-learn): one aggregation job per arm covers all its cross-validation folds (outputs stay
+# per fold; fold `all`, the deployable model's, is aggregated by export_model), and all of them are
+# local rules (seconds of work: on a cluster they run beside Snakemake instead of waiting in a queue).
 
 
 rule aggregate_slides:
     input:
-        patches=out("predictions", "{arm}", "fold_{fold}", "patches.parquet"),
+        patches=expand(
+            out("predictions", "{{arm}}", "fold_{fold}", "patches.parquet"),
+            fold=CV_FOLDS,
+        ),
         splits=out("splits.csv"),
     output:
-        slides=out("predictions", "{arm}", "fold_{fold}", "slides.csv"),
-        theta=out("predictions", "{arm}", "fold_{fold}", "theta.json"),
+        slides=expand(
+            out("predictions", "{{arm}}", "fold_{fold}", "slides.csv"), fold=CV_FOLDS
+        ),
+        theta=expand(
+            out("predictions", "{{arm}}", "fold_{fold}", "theta.json"), fold=CV_FOLDS
+        ),
     log:
-        out("logs", "aggregate_slides", "{arm}", "fold_{fold}.log"),
+        out("logs", "aggregate_slides", "{arm}.log"),
+    localrule: True
     conda:
         "../envs/duvflow.yaml"
     threads: 1
@@ -19,6 +31,7 @@ rule aggregate_slides:
         runtime=10,
     params:
         aggregate=cfg("aggregate"),
+        folds=CV_FOLDS,
     script:
         "../scripts/aggregate_slides.py"
 
@@ -45,6 +58,7 @@ rule evaluate_arm:
         ),
     log:
         out("logs", "evaluate_arm", "{arm}.log"),
+    localrule: True
     conda:
         "../envs/duvflow.yaml"
     threads: 1
@@ -72,6 +86,7 @@ rule sweep_theta:
         ),
     log:
         out("logs", "sweep_theta", "{arm}.log"),
+    localrule: True
     conda:
         "../envs/duvflow.yaml"
     threads: 1
@@ -105,6 +120,7 @@ rule compare_arms:
         ),
     log:
         out("logs", "compare_arms", "all.log"),
+    localrule: True
     conda:
         "../envs/duvflow.yaml"
     threads: 1

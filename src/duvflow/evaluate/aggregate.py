@@ -8,8 +8,9 @@ go to the value nearest the fixed theta. Test slides never influence the choice.
 
 Both thetas are always computed and written, so the evaluation can report the fixed and the
 automatic rule side by side: with ``theta: auto`` the fixed rule is the published theta
-(``PUBLISHED_THETA``), which also breaks ties of the automatic choice; with a number, that number. Nothing here imports torch (a theta change reruns only this cheap
-stage and what follows it).
+(``PUBLISHED_THETA``), which also breaks ties of the automatic choice; with a number, that number. Nothing here imports torch or scikit-learn: a theta change reruns
+only this cheap stage and what follows it, and one job aggregates all folds of an arm
+(:func:`aggregate_folds`), so the rerun costs one process start-up per arm, not per fold.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from duvflow.core.splits import read_splits
 __all__ = [
     "PUBLISHED_THETA",
     "AggregateConfig",
+    "aggregate_folds",
     "aggregate_slides",
     "binary_metrics",
     "choose_theta",
@@ -175,3 +177,17 @@ def aggregate_slides(*, patches: str | os.PathLike, splits: str | os.PathLike, f
     _log.info("fold %s: %d slides scored (%d val); theta %s = %.3g (fixed %.3g, auto %.3g)", fold, len(slides),
               len(val), cfg.mode, theta, cfg.fixed_theta, theta_auto)
     return slides
+
+
+def aggregate_folds(*, patches: Sequence[str | os.PathLike], splits: str | os.PathLike, folds: Sequence[str],
+                    outputs: Sequence[str | os.PathLike], theta_outputs: Sequence[str | os.PathLike],
+                    aggregate: dict) -> pd.DataFrame:
+    """:func:`aggregate_slides` for several folds of one arm in one process; the lists run in
+    parallel (``patches[i]`` is fold ``folds[i]``'s, written to ``outputs[i]`` and ``theta_outputs[i]``)."""
+    if not len(patches) == len(folds) == len(outputs) == len(theta_outputs):
+        raise ValueError(f"aggregate_folds: {len(folds)} folds but {len(patches)} patch tables, {len(outputs)} "
+                         f"slide tables and {len(theta_outputs)} theta files; give one of each per fold")
+    _log.info("aggregating %d fold(s): %s", len(folds), ", ".join(map(str, folds)))
+    tables = [aggregate_slides(patches=p, splits=splits, fold=f, output=o, theta_output=t, aggregate=aggregate)
+              for p, f, o, t in zip(patches, folds, outputs, theta_outputs, strict=True)]
+    return pd.concat(tables, ignore_index=True)

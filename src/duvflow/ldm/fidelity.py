@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -32,13 +31,14 @@ import torch
 from torch import nn
 
 from duvflow.core.config import from_dict
-from duvflow.core.io import read_json, write_csv, write_json
+from duvflow.core.io import write_json
 from duvflow.core.patches import PatchDataset, resize_batch
 from duvflow.core.runtime import configure_threads, progress, select_device
 from duvflow.core.splits import fold_seed
 from duvflow.ldm.common import run_metadata
 from duvflow.ldm.config import FidelityConfig
 from duvflow.ldm.data import fold_training_patches
+from duvflow.ldm.fidelity_table import format_metric, summarise_fidelity  # the summary needs no torch
 
 __all__ = [
     "EmbedderFeatures",
@@ -271,7 +271,7 @@ def measure_fidelity(*, synthetic: str, tables: Sequence[str], stores: Sequence[
     if min(len(real), len(fake)) < 2048:
         result["fid_note"] += f"; few images ({len(real)} real, {len(fake)} synthetic): FID is biased upwards"
     _log.info("fold %s %s: FID %s, FD-DINO %.4f, KID %s (%d real, %d synthetic)", fold, condition,
-              _fmt(result["fid"]), result["fd_dino"], _fmt(result["kid"]), len(real), len(fake))
+              format_metric(result["fid"]), result["fd_dino"], format_metric(result["kid"]), len(real), len(fake))
     write_json({**result, **run_metadata()}, output)
 
 
@@ -280,31 +280,3 @@ def _image_size(images: _PngImages) -> int:
 
     with Image.open(images.files[0]) as im:
         return int(im.size[0])
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
-
-
-def summarise_fidelity(*, reports: Sequence[str], table: str, markdown: str) -> None:
-    """All fidelity JSONs -> one CSV (a row per arm and fold) and a Markdown table with means."""
-    cols = ["condition", "fold", "fid", "fd_dino", "kid", "kid_std", "kid_dino", "kid_dino_std", "n_real",
-            "n_synthetic", "image_size", "fid_note"]
-    rows = [{c: read_json(p).get(c) for c in cols} for p in reports]
-    df = pd.DataFrame(rows, columns=cols).sort_values(["condition", "fold"], kind="stable")
-    write_csv(df, table)
-    lines = ["| arm | fold | FID | FD-DINO | KID | KID-DINO | real | synthetic |", "|---|---|---|---|---|---|---|---|"]
-    for r in df.itertuples():
-        lines.append(f"| {r.condition} | {r.fold} | {_fmt(r.fid)} | {_fmt(r.fd_dino)} | {_fmt(r.kid)} | "
-                     f"{_fmt(r.kid_dino)} | {r.n_real} | {r.n_synthetic} |")
-    for cond, g in df.groupby("condition", sort=True):
-        stats = {c: pd.to_numeric(g[c], errors="coerce") for c in ("fid", "fd_dino", "kid", "kid_dino")}
-        cell = {c: (f"{s.mean():.4f} ± {s.std(ddof=0):.4f}" if s.notna().any() else "n/a") for c, s in stats.items()}
-        lines.append(f"| **{cond}** | mean ± sd | {cell['fid']} | {cell['fd_dino']} | {cell['kid']} | "
-                     f"{cell['kid_dino']} | | |")
-    notes = sorted({str(n) for n in df["fid_note"] if n})
-    text = "\n".join(lines) + "\n" + "".join(f"\n- {n}" for n in notes) + "\n"
-    from duvflow.core.io import atomic_path
-
-    with atomic_path(markdown) as tmp:
-        tmp.write_text(text)

@@ -24,6 +24,7 @@ from duvflow.core.provenance import code_version
 from duvflow.core.runtime import autocast, configure_threads, progress, select_device
 from duvflow.ssl.batches import as_uint8_tensor, collate_patches, to_device_float
 from duvflow.ssl.model import Embedder, build_backbone, data_stats, load_teacher
+from duvflow.ssl.tables import read_embeddings  # in __all__: the reader lives apart, free of torch
 
 __all__ = [
     "EmbedConfig",
@@ -110,18 +111,6 @@ def embedding_table(index: pd.DataFrame, embeddings: np.ndarray):
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
     column = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), type=pa.float32()), emb.shape[1])
     return table.append_column("embedding", column)
-
-
-def read_embeddings(path: str | os.PathLike, columns: Sequence[str] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
-    """An embeddings parquet -> (metadata DataFrame, float32 (N, dim) matrix), rows aligned."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path, columns=None if columns is None else [*columns, "embedding"])
-    col = table.column("embedding").combine_chunks()
-    dim = col.type.list_size
-    matrix = col.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
-    meta = table.drop_columns(["embedding"]).to_pandas()
-    return meta, matrix
 
 
 def _workers(threads: int, num_workers: int | None, device=None) -> int:
