@@ -86,6 +86,13 @@ def get_slide_label(wildcards):
     return samples.loc[wildcards.slide, "label"]
 
 
+def get_patients():
+    """`{slide_id: patient_id}` from the sheet's optional column; None: each slide its own patient."""
+    if "patient_id" not in samples.columns:
+        return None
+    return dict(zip(samples["slide_id"], samples["patient_id"]))
+
+
 # --- classifier, aggregation, evaluation ---------------------------------------------------------
 DEPLOY_ARM = config["deploy"]["arm"] or ARMS[-1]
 if DEPLOY_ARM not in ARMS:
