@@ -232,7 +232,7 @@ def test_compare_paired_writes_tables_summary_and_shows_a_planted_collapsed_teac
     collect_flags(**_stage_outputs(tmp_path / "stages", collapsed_fold="1"), arms=ARMS, output=flags)
     outputs = {k: tmp_path / "comparison" / f for k, f in
                (("table", "paired.csv"), ("markdown", "paired.md"), ("patients", "patients.csv"),
-                ("summary", "summary.md"))}
+                ("summary", "summary.md"), ("summary_html", "summary.html"))}
     table = compare_paired(slides=slides, arms=ARMS, splits=splits, flags=flags, **outputs,
                            aggregate={"theta": 0.5}, evaluate={"bootstrap": 200})
     assert set(zip(table["level"], table["reference"], table["arm"])) == {
@@ -258,6 +258,9 @@ def test_compare_paired_writes_tables_summary_and_shows_a_planted_collapsed_teac
     assert len(sentences) == 2 and all("`real`" in s for s in sentences)  # one sentence per arm against real
     verdict = "beat" if ssl_row["mcnemar_p"] < 0.05 else "did not beat"
     assert f"**real+ssl** {verdict} `real` with significance on {n} test slides" in summary
+    page = outputs["summary_html"].read_text()
+    assert page.index("1 failure flag") < page.index("<b>real+ssl</b>") < page.index("<table>")
+    assert page.count("<table>") == 3 and "<td>real+ssl: dino_collapse fold 1</td>" in page
 
 
 def test_compare_paired_without_patients_has_slide_rows_only(tmp_path):
@@ -270,7 +273,7 @@ def test_compare_paired_without_patients_has_slide_rows_only(tmp_path):
     pd.DataFrame(columns=["stage", "condition", "fold", "flag", "arms", "detail", "source"]).to_csv(
         tmp_path / "flags.csv", index=False)
     out = {k: tmp_path / f for k, f in (("table", "p.csv"), ("markdown", "p.md"), ("patients", "pt.csv"),
-                                        ("summary", "s.md"))}
+                                        ("summary", "s.md"), ("summary_html", "s.html"))}
     table = compare_paired(slides=slides, arms=["real", "real+ssl"], splits=tmp_path / "splits.csv",
                            flags=tmp_path / "flags.csv", **out, aggregate={"theta": "auto"}, evaluate={"bootstrap": 20})
     assert list(table["level"]) == ["slide"] and table["theta_mode"].iloc[0] == "auto"
@@ -278,3 +281,13 @@ def test_compare_paired_without_patients_has_slide_rows_only(tmp_path):
     assert pd.read_csv(out["patients"]).empty
     assert "No failure flagged" in out["summary"].read_text()
     assert "did not beat `real` with significance on 10 test slides" in out["summary"].read_text()
+
+
+def test_comparison_modules_import_neither_torch_nor_sklearn():
+    import subprocess
+    import sys
+
+    code = ("import sys, duvflow.evaluate.paired, duvflow.evaluate.flags; "
+            "print(','.join(m for m in ('torch', 'sklearn', 'matplotlib') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""

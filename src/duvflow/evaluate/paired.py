@@ -21,9 +21,11 @@ over patients are written. Only NumPy, pandas and SciPy are imported (no torch, 
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -265,14 +267,14 @@ def _patient_metrics(units: Mapping[str, pd.DataFrame], cfg: EvaluateConfig, see
 
 def compare_paired(*, slides: Sequence[str | os.PathLike], arms: Sequence[str], splits: str | os.PathLike,
                    flags: str | os.PathLike, table: str | os.PathLike, markdown: str | os.PathLike,
-                   patients: str | os.PathLike, summary: str | os.PathLike, aggregate: dict, evaluate: dict,
-                   seed: int = 0) -> pd.DataFrame:
+                   patients: str | os.PathLike, summary: str | os.PathLike, summary_html: str | os.PathLike,
+                   aggregate: dict, evaluate: dict, seed: int = 0) -> pd.DataFrame:
     """Paired comparisons of the arms (``slides``: each arm's pooled test slides, in ``arms`` order).
 
     Writes ``table`` (CSV, one row per level and pair), ``markdown`` (the same, readable, with the
     patient-level metrics), ``patients`` (per-arm patient-level metrics; only a header without
-    ``patient_id``) and ``summary`` (Markdown: the flags, then one sentence per arm on whether it
-    beat ``real``). ``flags`` is the table of :func:`duvflow.evaluate.flags.collect_flags`.
+    ``patient_id``), ``summary`` (Markdown: the flags, then one sentence per arm on whether it
+    beat ``real``) and ``summary_html`` (the summary and the tables, for the report). ``flags`` is the table of :func:`duvflow.evaluate.flags.collect_flags`.
     """
     from duvflow.evaluate.flags import arm_flags, read_flags
 
@@ -301,8 +303,11 @@ def compare_paired(*, slides: Sequence[str | os.PathLike], arms: Sequence[str], 
     write_csv(patient_metrics, patients)
     with atomic_path(markdown) as tmp:
         tmp.write_text(_markdown(out, patient_metrics, agg, cfg))
+    glance = _summary(out, flag_table, arms, cfg)
     with atomic_path(summary) as tmp:
-        tmp.write_text(_summary(out, flag_table, arms, cfg))
+        tmp.write_text(glance)
+    with atomic_path(summary_html) as tmp:  # the report shows HTML (Markdown would only download)
+        tmp.write_text(_markdown_html(glance + "\n" + _markdown(out, patient_metrics, agg, cfg), "Results at a glance"))
     for r in out.itertuples():
         _log.info("%s level, %s - %s on %d: balanced accuracy %+.3f, McNemar p %.3g, DeLong p %.3g", r.level, r.arm,
                   r.reference, r.n, r.balanced_accuracy_difference, r.mcnemar_p, r.delong_p)
@@ -403,3 +408,46 @@ def _summary(table: pd.DataFrame, flags: pd.DataFrame, arms: Sequence[str], cfg:
               f"alpha = {alpha:.2g}, not corrected for the {len(slide_rows)} comparison(s). All pairs, patient level "
               "and the bootstrap CIs of every metric: `comparison/paired.md`."), ""]
     return "\n".join(lines)
+
+
+def _inline_html(text: str) -> str:
+    text = html.escape(text, quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def _markdown_html(text: str, title: str) -> str:
+    """A standalone HTML page of the Markdown this module writes (headings, lists, tables, paragraphs)."""
+    body: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{_inline_html(line[level:].strip())}</h{level}>")
+        elif line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].startswith("- "):
+                items.append(f"<li>{_inline_html(lines[i][2:])}</li>")
+                i += 1
+            body.append("<ul>" + "".join(items) + "</ul>")
+            continue
+        elif line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                if not set(lines[i]) <= set("|-: "):  # the separator row
+                    cells = [c.strip() for c in lines[i].strip().strip("|").split("|")]
+                    tag = "th" if not rows else "td"
+                    rows.append("<tr>" + "".join(f"<{tag}>{_inline_html(c)}</{tag}>" for c in cells) + "</tr>")
+                i += 1
+            body.append("<table>" + "".join(rows) + "</table>")
+            continue
+        elif line.strip():
+            body.append(f"<p>{_inline_html(line)}</p>")
+        i += 1
+    style = ("body{font-family:sans-serif;max-width:80em;margin:1em auto;line-height:1.4}"
+             "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;padding:2px 6px}"
+             "li{margin-bottom:.4em}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
