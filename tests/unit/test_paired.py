@@ -281,6 +281,10 @@ def test_compare_paired_without_patients_has_slide_rows_only(tmp_path):
     assert pd.read_csv(out["patients"]).empty
     assert "No failure flagged" in out["summary"].read_text()
     assert "did not beat `real` with significance on 10 test slides" in out["summary"].read_text()
+    # one arm: nothing to compare, but every output is written
+    alone = compare_paired(slides=slides[:1], arms=["real"], splits=tmp_path / "splits.csv",
+                           flags=tmp_path / "flags.csv", **out, aggregate={}, evaluate={"bootstrap": 20})
+    assert alone.empty and "nothing to compare" in out["summary"].read_text()
 
 
 def test_comparison_modules_import_neither_torch_nor_sklearn():

@@ -294,10 +294,9 @@ def compare_paired(*, slides: Sequence[str | os.PathLike], arms: Sequence[str], 
         rows += _paired_rows(per_patient, pairs, "patient", cfg, seed)
         patient_metrics = _patient_metrics(per_patient, cfg, seed)
     flag_table = read_flags(flags)
-    out = pd.DataFrame(rows)
-    if len(out):
-        out["flags_reference"] = [", ".join(arm_flags(flag_table, a)) for a in out["reference"]]
-        out["flags_arm"] = [", ".join(arm_flags(flag_table, a)) for a in out["arm"]]
+    out = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["level", "reference", "arm", "n", "n_malignant"])
+    out["flags_reference"] = [", ".join(arm_flags(flag_table, a)) for a in out["reference"]]
+    out["flags_arm"] = [", ".join(arm_flags(flag_table, a)) for a in out["arm"]]
     out.insert(3, "theta_mode", agg.mode)
     write_csv(out, table)
     write_csv(patient_metrics, patients)
