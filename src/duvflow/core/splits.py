@@ -244,4 +244,5 @@ def read_splits(path: str | os.PathLike) -> pd.DataFrame:
     missing = {"slide_id", "label", "fold", "role"} - set(splits.columns)
     if missing:
         raise ValueError(f"{path}: splits table lacks column(s) {', '.join(sorted(missing))}")
+    check_patient_roles(splits)
     return splits
