@@ -38,6 +38,7 @@ from duvflow.core.labels import label_to_int
 from duvflow.core.splits import patient_labels, read_splits
 from duvflow.evaluate.aggregate import AggregateConfig
 from duvflow.evaluate.evaluation import EvaluateConfig
+from duvflow.evaluate.flags import arm_flags, read_flags
 
 __all__ = [
     "PAIRED_METRICS",
@@ -274,10 +275,9 @@ def compare_paired(*, slides: Sequence[str | os.PathLike], arms: Sequence[str], 
     Writes ``table`` (CSV, one row per level and pair), ``markdown`` (the same, readable, with the
     patient-level metrics), ``patients`` (per-arm patient-level metrics; only a header without
     ``patient_id``), ``summary`` (Markdown: the flags, then one sentence per arm on whether it
-    beat ``real``) and ``summary_html`` (the summary and the tables, for the report). ``flags`` is the table of :func:`duvflow.evaluate.flags.collect_flags`.
+    beat ``real``) and ``summary_html`` (the summary and the tables, for the report). ``flags`` is
+    the table of :func:`duvflow.evaluate.flags.collect_flags`.
     """
-    from duvflow.evaluate.flags import arm_flags, read_flags
-
     if len(slides) != len(arms):
         raise ValueError("slides and arms must list the same arms in the same order")
     agg, cfg = from_dict(AggregateConfig, aggregate, "aggregate"), from_dict(EvaluateConfig, evaluate, "evaluate")
