@@ -41,7 +41,7 @@ def test_sheet_with_patient_ids_groups_the_folds_by_patient(tiny_run, tmp_path):
     args = ("--configfile", str(TEST_CONFIG), str(override))
     dry = snakemake(tmp_path, "-n", *args)  # the whole DAG builds with patients
     assert "compare_paired" in dry.stdout and "make_splits" in dry.stdout
-    snakemake(tmp_path, *args, "results/splits.csv")
+    snakemake(tmp_path, "results/splits.csv", *args)  # the target before --configfile (which takes several)
     splits = pd.read_csv(tmp_path / "results" / "splits.csv", dtype=str)
     assert set(splits["patient_id"]) == {"patientA", "patientB"}
     assert (splits.groupby(["fold", "patient_id"])["role"].nunique() == 1).all()
