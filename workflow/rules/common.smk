@@ -104,6 +104,13 @@ def get_slide_label(wildcards):
     return samples.loc[wildcards.slide, "label"]
 
 
+def get_patients():
+    """`{slide_id: patient_id}` from the sheet's optional column; None: each slide its own patient."""
+    if "patient_id" not in samples.columns:
+        return None
+    return dict(zip(samples["slide_id"], samples["patient_id"]))
+
+
 # --- classifier, aggregation, evaluation ---------------------------------------------------------
 DEPLOY_ARM = config["deploy"]["arm"] or ARMS[-1]
 if config["deploy"]["enabled"] and DEPLOY_ARM not in ARMS:
@@ -230,6 +237,7 @@ def get_ssl_targets():
 def get_classifier_targets():
     """The results table and ROC plot, each arm's evaluation and sweep, the deployable model."""
     targets = [out("comparison", f) for f in ("arms.csv", "arms.md", "roc.png")]
+    targets += [out("comparison", f) for f in ("paired.csv", "summary.html")]
     targets += expand(
         out("evaluation", "{arm}", "{f}"), arm=ARMS, f=("metrics.json", "sweep.png")
     )
@@ -238,3 +246,31 @@ def get_classifier_targets():
         if config["deploy"]["slides"]:
             targets.append(out("deploy", DEPLOY_ARM, "new_slides"))
     return targets
+
+
+# --- failure flags and paired comparisons (evaluate.smk) ---
+
+
+def get_flag_sources():
+    """What the failure checks read, per cross-validation fold: the DINO teachers and, with an LDM
+    arm, the VAEs, the LDMs and the synthetic sets (as nested dicts, for `params:`)."""
+    folds = cv_folds()
+    return {
+        "teachers": {k: out("dino", f"fold_{k}", "teacher.json") for k in folds},
+        "vaes": {k: out("vae", f"fold_{k}") for k in folds} if LDM_CONDS else {},
+        "ldms": {c: {k: out("ldm", c, f"fold_{k}") for k in folds} for c in LDM_CONDS},
+        "synthetic": {
+            c: {k: out("synthetic", c, f"fold_{k}") for k in folds} for c in LDM_CONDS
+        },
+    }
+
+
+def get_flag_inputs(wildcards):
+    """The files of `get_flag_sources`, as flat input lists."""
+    src = get_flag_sources()
+    return {
+        "teachers": list(src["teachers"].values()),
+        "vaes": list(src["vaes"].values()),
+        "ldms": [p for folds in src["ldms"].values() for p in folds.values()],
+        "synthetic": [p for folds in src["synthetic"].values() for p in folds.values()],
+    }

@@ -133,3 +133,67 @@ rule compare_arms:
         aggregate=cfg("aggregate"),
     script:
         "../scripts/compare_arms.py"
+
+
+rule flag_failures:
+    input:
+        unpack(get_flag_inputs),
+    output:
+        flags=report(
+            out("comparison", "flags.csv"),
+            caption="../report/flag_failures.rst",
+            category="0. Summary",
+            labels={"table": "failure flags"},
+        ),
+    log:
+        out("logs", "flag_failures", "all.log"),
+    conda:
+        "../envs/duvflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        sources=get_flag_sources(),
+        arms=ARMS,
+        flags=cfg("flags"),
+    script:
+        "../scripts/flag_failures.py"
+
+
+rule compare_paired:
+    input:
+        slides=expand(out("evaluation", "{arm}", "slides.csv"), arm=ARMS),
+        splits=out("splits.csv"),
+        flags=out("comparison", "flags.csv"),
+    output:
+        table=report(
+            out("comparison", "paired.csv"),
+            caption="../report/compare_paired.rst",
+            category="6. Results",
+            labels={"figure": "paired comparisons"},
+        ),
+        markdown=out("comparison", "paired.md"),
+        patients=out("comparison", "patients.csv"),
+        summary=out("comparison", "summary.md"),
+        summary_html=report(
+            out("comparison", "summary.html"),
+            caption="../report/summary.rst",
+            category="0. Summary",
+            labels={"table": "results at a glance"},
+        ),
+    log:
+        out("logs", "compare_paired", "all.log"),
+    conda:
+        "../envs/duvflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        arms=ARMS,
+        aggregate=cfg("aggregate"),
+        evaluate=cfg("evaluate"),
+        seed=config["seed"],
+    script:
+        "../scripts/compare_paired.py"

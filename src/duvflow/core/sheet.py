@@ -1,4 +1,4 @@
-"""The sample sheet: ``slide_id, path, label`` (+ any extra columns, kept as they are).
+"""The sample sheet: ``slide_id, path, label`` (+ optional ``patient_id``, + any extra columns, kept).
 
 Checked in full before any job starts, and every problem is reported at once, naming the rows,
 so a user fixes the sheet in one go instead of one failed job at a time.
@@ -135,6 +135,11 @@ def validate_sheet(df: pd.DataFrame, *, base_dir: str | os.PathLike = ".", sourc
         elif check_files and not p.is_file():
             problems.append(f"line {line[idx]} ({df.at[idx, 'slide_id']}): slide file {p} does not exist")
     df["path"] = resolved
+    if "patient_id" in df.columns:  # optional: slides of one patient then share their role in every fold
+        df["patient_id"] = df["patient_id"].astype(str).str.strip()
+        for idx in df.index[df["patient_id"] == ""]:
+            problems.append(f"line {line[idx]} ({df.at[idx, 'slide_id']}): empty patient_id; give every slide its "
+                            "patient or drop the column")
     if problems:
         raise SampleSheetError(f"{source} has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     return df.set_index("slide_id", drop=False).sort_index()
