@@ -180,24 +180,24 @@ def test_unknown_fold_is_an_error(tmp_path):
 
 
 def test_one_job_aggregates_several_folds_into_the_same_per_fold_files(tmp_path):
-    cfg = {"theta": "auto", "default_theta": 0.2, "theta_grid": GRID}
+    cfg = {"theta": "auto", "theta_grid": GRID}
     patches, splits = _fold_files(tmp_path)
     both = pd.read_csv(splits)
     pd.concat([both, both.assign(fold="1")]).to_csv(splits, index=False)
     single = [tmp_path / f"single{f}.csv" for f in "01"]
     for fold, path in zip("01", single, strict=True):
         aggregate_slides(patches=patches, splits=splits, fold=fold, output=path, theta_output=tmp_path / "t.json",
-                         config=cfg)
+                         aggregate=cfg)
     outputs, thetas = [tmp_path / f"slides{f}.csv" for f in "01"], [tmp_path / f"theta{f}.json" for f in "01"]
     table = aggregate_folds(patches=[patches, patches], splits=splits, folds=["0", "1"], outputs=outputs,
-                            theta_outputs=thetas, config=cfg)
+                            theta_outputs=thetas, aggregate=cfg)
     for fold, path, theta, ref in zip("01", outputs, thetas, single, strict=True):
         assert path.read_bytes() == ref.read_bytes()
         assert json.loads(theta.read_text())["fold"] == fold
     assert sorted(table["fold"].unique()) == ["0", "1"] and len(table) == 10
     with pytest.raises(ValueError, match="one of each per fold"):
         aggregate_folds(patches=[patches], splits=splits, folds=["0", "1"], outputs=outputs, theta_outputs=thetas,
-                        config=cfg)
+                        aggregate=cfg)
 
 
 def test_confusion_counts_agree_with_scikit_learn():

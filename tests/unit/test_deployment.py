@@ -61,9 +61,10 @@ def test_an_entry_script_runs_this_checkouts_package_without_pythonpath(tmp_path
         sys.path.insert(0, {str(older_duvflow)!r})  # the environment's site-packages
         sys.path.extend([{str(SCRIPTS)!r}])  # Snakemake's preamble adds the script's folder
         from types import SimpleNamespace as Named
-        snakemake = Named(input=Named(patches="patches.parquet", splits="splits.csv"),
-                          output=Named(slides="slides.csv", theta="theta.json"),
-                          params=Named(aggregate={{"theta": 0.5}}), wildcards=Named(fold="0"), log=["job.log"])
+        snakemake = Named(input=Named(patches=["patches.parquet"], splits="splits.csv"),
+                          output=Named(slides=["slides.csv"], theta=["theta.json"]),
+                          params=Named(aggregate={{"theta": 0.5}}, folds=["0"]), wildcards=Named(arm="real"),
+                          log=["job.log"])
         path = {str(SCRIPTS / "aggregate_slides.py")!r}
         exec(compile(open(path).read(), path, "exec"), {{"snakemake": snakemake, "__file__": path}})
         import duvflow

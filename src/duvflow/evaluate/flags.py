@@ -157,13 +157,13 @@ def _synthetic_flags(sets: Mapping[str, Mapping[str, str]], arms: Sequence[str])
 
 def collect_flags(*, teachers: Mapping[str, str], vaes: Mapping[str, str], ldms: Mapping[str, Mapping[str, str]],
                   synthetic: Mapping[str, Mapping[str, str]], arms: Sequence[str], output: str | os.PathLike,
-                  config: dict | None = None) -> pd.DataFrame:
+                  flags: dict | None = None) -> pd.DataFrame:
     """Check every stage's outputs and write the flags table ``output`` (CSV, one row per flag).
 
     ``teachers``: fold -> DINO ``teacher.json``; ``vaes``: fold -> VAE folder; ``ldms`` and
     ``synthetic``: condition -> fold -> LDM / synthetic-set folder.
     """
-    cfg = from_dict(FlagsConfig, config or {}, "flags")
+    cfg = from_dict(FlagsConfig, flags or {}, "flags")
     conditions = sorted(ldms)
     rows = (_dino_flags(teachers, arms) + _vae_flags(vaes, arms, conditions, cfg) + _ldm_flags(ldms, arms, cfg)
             + _synthetic_flags(synthetic, arms))
