@@ -14,10 +14,14 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [DUVFLOW_SRC, os.getenv("PYTHONPATH")]))
 )
 
+from duvflow.core.pretrained import check_pretrained
 from duvflow.core.sheet import SampleSheetError, read_sheet, validate_sheet
 from duvflow.demo.cohort import cohort_plan
 
 validate(config, schema="../schemas/config.schema.yaml")
+# every configured pretrained weight can be had (local path, hub cache, or online): else stop now
+if _weight_problems := check_pretrained(config):
+    raise WorkflowError("\n".join(_weight_problems))
 
 OUT = config["output_dir"]
 
@@ -123,6 +127,8 @@ def get_classifier_inputs(wildcards):
     cond = arm_condition(wildcards.arm)
     if cond:
         inputs["synthetic"] = out("synthetic", cond, f"fold_{wildcards.fold}")
+    if config["classifier"]["init"] == "dino":  # starts from the fold's DINO teacher
+        inputs["teacher"] = out("dino", f"fold_{wildcards.fold}", "teacher.safetensors")
     return inputs
 
 
@@ -190,7 +196,7 @@ def ssl_weights(wildcards=None):
 def initial_backbone():
     """The dino settings that define the initial backbone (and only those: a changed lr or
     epoch count must not re-embed the baseline)."""
-    keys = ("backbone", "model_kwargs", "weights", "hub", "img_size", "pooling")
+    keys = ("backbone", "model_kwargs", "init", "weights", "img_size", "pooling")
     return {k: config["dino"][k] for k in keys}
 
 
