@@ -210,3 +210,15 @@ def test_classifier_starts_from_the_dino_teacher(tmp_path):
     assert all(torch.equal(got[k], expected[k]) for k in expected)
     with pytest.raises(ValueError, match="teacher"):
         initial_weights("dino")
+
+
+def test_model_kwargs_may_name_timm_layers():
+    import timm.layers
+    from torch import nn
+
+    from duvflow.core.backbone import timm_layer_kwargs
+
+    kwargs = timm_layer_kwargs({"mlp_layer": "SwiGLUPacked", "act_layer": "silu", "depth": 2})
+    assert kwargs == {"mlp_layer": timm.layers.SwiGLUPacked, "act_layer": nn.SiLU, "depth": 2}
+    with pytest.raises(ValueError, match="model_kwargs.mlp_layer: 'NoSuchMlp'"):
+        timm_layer_kwargs({"mlp_layer": "NoSuchMlp"})

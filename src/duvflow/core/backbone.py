@@ -16,7 +16,7 @@ from pathlib import Path
 
 from duvflow.train.checkpoint import load_weights
 
-__all__ = ["create_backbone", "initial_weights"]
+__all__ = ["create_backbone", "initial_weights", "timm_layer_kwargs"]
 
 _log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = None, hub:
 
     if img_size is not None:
         kwargs["img_size"] = img_size
+    kwargs = timm_layer_kwargs(kwargs)
     model = timm.create_model(name, pretrained=bool(hub and not weights), num_classes=num_classes, **kwargs)
     if weights:
         state = load_weights(_weights_file(weights))
@@ -64,6 +65,25 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = None, hub:
     elif not hub:
         _log.info("%s starts from random initialisation (no weights file configured)", name)
     return model
+
+
+def timm_layer_kwargs(kwargs: dict) -> dict:
+    """Layer classes named in a config (``mlp_layer: SwiGLUPacked``, ``act_layer: silu``) as timm objects.
+
+    Some pathology foundation models (UNI2-h, Virchow2) need them, and a YAML config holds only names.
+    """
+    import timm.layers
+
+    kwargs = dict(kwargs)
+    for key, value in kwargs.items():
+        if not (key.endswith("_layer") and isinstance(value, str)):
+            continue
+        try:
+            kwargs[key] = timm.layers.get_act_layer(value.lower()) if key == "act_layer" else getattr(timm.layers, value)
+        except (AttributeError, ValueError, KeyError):
+            raise ValueError(f"model_kwargs.{key}: {value!r} is not a timm.layers name (e.g. SwiGLUPacked, silu)") \
+                from None
+    return kwargs
 
 
 def _weights_file(path: str | os.PathLike) -> Path:
