@@ -14,6 +14,7 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [DUVFLOW_SRC, os.getenv("PYTHONPATH")]))
 )
 
+from duvflow.baselines.config import BASELINE_ARMS
 from duvflow.core.pretrained import check_pretrained
 from duvflow.core.sheet import SampleSheetError, read_sheet, validate_sheet
 from duvflow.demo.cohort import cohort_plan
@@ -91,10 +92,15 @@ def get_slide_label(wildcards):
 
 
 # --- classifier, aggregation, evaluation ---------------------------------------------------------
-DEPLOY_ARM = config["deploy"]["arm"] or ARMS[-1]
-if DEPLOY_ARM not in ARMS:
+# the deployable model is a classifier arm's (the baselines are for comparison only)
+CLASSIFIER_ARMS = [a for a in ARMS if a not in BASELINE_ARMS]
+DEPLOY_ARM = config["deploy"]["arm"] or (
+    CLASSIFIER_ARMS[-1] if CLASSIFIER_ARMS else None
+)
+if config["deploy"]["enabled"] and DEPLOY_ARM not in CLASSIFIER_ARMS:
     raise WorkflowError(
-        f"deploy.arm {DEPLOY_ARM!r} is not one of the configured arms ({', '.join(ARMS)})"
+        f"deploy.arm {DEPLOY_ARM!r} is not one of the configured classifier arms "
+        f"({', '.join(CLASSIFIER_ARMS) or 'none'}); set deploy.arm or deploy.enabled: false"
     )
 
 
@@ -130,6 +136,17 @@ def get_classifier_inputs(wildcards):
     if config["classifier"]["init"] == "dino":  # starts from the fold's DINO teacher
         inputs["teacher"] = out("dino", f"fold_{wildcards.fold}", "teacher.safetensors")
     return inputs
+
+
+def get_baseline_inputs(wildcards):
+    """What a baseline arm fits on: the fold's DINO embeddings, or every slide's handcrafted features."""
+    if wildcards.arm == "probe":
+        return {"embeddings": out("embeddings", f"fold_{wildcards.fold}.parquet")}
+    return {
+        "features": expand(
+            out("features", "handcrafted", "{slide}.parquet"), slide=SLIDES
+        )
+    }
 
 
 def get_fold_slide_tables(wildcards):
