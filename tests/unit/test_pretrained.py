@@ -222,3 +222,19 @@ def test_model_kwargs_may_name_timm_layers():
     assert kwargs == {"mlp_layer": timm.layers.SwiGLUPacked, "act_layer": nn.SiLU, "depth": 2}
     with pytest.raises(ValueError, match="model_kwargs.mlp_layer: 'NoSuchMlp'"):
         timm_layer_kwargs({"mlp_layer": "NoSuchMlp"})
+
+
+def test_local_weights_folder_as_hf_download_writes_it(tmp_path):
+    torch.manual_seed(3)
+    source = create_backbone("vit_tiny_patch16_224", img_size=32, **TINY_VIT)
+    (tmp_path / "snapshot").mkdir()
+    save_weights(source.state_dict(), tmp_path / "snapshot" / "model.safetensors")
+    (tmp_path / "snapshot" / "config.json").write_text("{}")
+    model = create_backbone("vit_tiny_patch16_224", img_size=32, **TINY_VIT,
+                            **initial_weights("pretrained", tmp_path / "snapshot"))
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no model.safetensors"):
+        create_backbone("vit_tiny_patch16_224", img_size=32, **TINY_VIT, weights=tmp_path / "empty")
+    with pytest.raises(ValueError, match="init is 'random' but a weights file"):
+        initial_weights("random", "w.safetensors")

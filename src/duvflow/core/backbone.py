@@ -64,6 +64,10 @@ def create_backbone(name: str, *, weights: str | os.PathLike | None = None, hub:
         _log.info("loaded %s weights from %s", name, weights)
     elif not hub:
         _log.info("%s starts from random initialisation (no weights file configured)", name)
+    native = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    if (weights or hub) and native and img_size and int(native[-1]) != int(img_size):
+        _log.warning("%s was pretrained at %d px and runs at img_size %d: its position embeddings are resampled "
+                     "(set img_size: %d to use the pretrained input size)", name, native[-1], img_size, native[-1])
     return model
 
 
