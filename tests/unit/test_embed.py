@@ -98,7 +98,7 @@ def test_initial_embedding_uses_the_configured_local_weights(trained, tmp_path):
     weights = tmp_path / "pretrained.pth"
     torch.save({"model": {f"module.{k}": v for k, v in source.state_dict().items()}}, weights)
     out = tmp_path / "initial.parquet"
-    embed_initial(tables=tables, stores=stores, statuses=statuses, output=out, dino={**cfg, "weights": str(weights)},
+    embed_initial(tables=tables, stores=stores, statuses=statuses, output=out, dino={**cfg, "init": "pretrained", "weights": str(weights)},
                   embed={"batch_size": 32, "bf16": False}, seed=1, num_workers=0)
     meta, x = read_embeddings(out)
     assert "role" not in meta and len(meta) == 120

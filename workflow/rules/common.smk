@@ -14,6 +14,8 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [DUVFLOW_SRC, os.getenv("PYTHONPATH")]))
 )
 
+from duvflow.baselines.config import BASELINE_ARMS
+from duvflow.core.pretrained import check_pretrained
 from duvflow.core.sheet import SampleSheetError, read_sheet, validate_sheet
 from duvflow.core.splits import check_class_counts
 from duvflow.core.validation import ConfigError, check_config
@@ -27,6 +29,9 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 validate(config, schema="../schemas/config.schema.yaml")
+# every configured pretrained weight can be had (local path, hub cache, or online): else stop now
+if _weight_problems := check_pretrained(config):
+    raise WorkflowError("\n".join(_weight_problems))
 
 OUT = config["output_dir"]
 
@@ -112,11 +117,16 @@ def get_patients():
 
 
 # --- classifier, aggregation, evaluation ---------------------------------------------------------
-DEPLOY_ARM = config["deploy"]["arm"] or ARMS[-1]
-if config["deploy"]["enabled"] and DEPLOY_ARM not in ARMS:
+# the deployable model is a classifier arm's (the baselines are for comparison only)
+CLASSIFIER_ARMS = [a for a in ARMS if a not in BASELINE_ARMS]
+DEPLOY_ARM = config["deploy"]["arm"] or (
+    CLASSIFIER_ARMS[-1] if CLASSIFIER_ARMS else None
+)
+if config["deploy"]["enabled"] and DEPLOY_ARM not in CLASSIFIER_ARMS:
     raise WorkflowError(
-        f"deploy.arm {DEPLOY_ARM!r} is not one of the configured arms ({', '.join(ARMS)}); "
-        "set deploy.arm to one of them, or to null for the last one"
+        f"deploy.arm {DEPLOY_ARM!r} is not one of the configured classifier arms "
+        f"({', '.join(CLASSIFIER_ARMS) or 'none'}); set deploy.arm to one of them, or to null for the "
+        "last one, or deploy.enabled: false"
     )
 
 
@@ -149,7 +159,20 @@ def get_classifier_inputs(wildcards):
     cond = arm_condition(wildcards.arm)
     if cond:
         inputs["synthetic"] = out("synthetic", cond, f"fold_{wildcards.fold}")
+    if config["classifier"]["init"] == "dino":  # starts from the fold's DINO teacher
+        inputs["teacher"] = out("dino", f"fold_{wildcards.fold}", "teacher.safetensors")
     return inputs
+
+
+def get_baseline_inputs(wildcards):
+    """What a baseline arm fits on: the fold's DINO embeddings, or every slide's handcrafted features."""
+    if wildcards.arm == "probe":
+        return {"embeddings": out("embeddings", f"fold_{wildcards.fold}.parquet")}
+    return {
+        "features": expand(
+            out("features", "handcrafted", "{slide}.parquet"), slide=SLIDES
+        )
+    }
 
 
 def get_fold_slide_tables(wildcards):
@@ -216,7 +239,7 @@ def ssl_weights(wildcards=None):
 def initial_backbone():
     """The dino settings that define the initial backbone (and only those: a changed lr or
     epoch count must not re-embed the baseline)."""
-    keys = ("backbone", "model_kwargs", "weights", "hub", "img_size", "pooling")
+    keys = ("backbone", "model_kwargs", "init", "weights", "img_size", "pooling")
     return {k: config["dino"][k] for k in keys}
 
 

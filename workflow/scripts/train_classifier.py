@@ -14,5 +14,5 @@ with gpu_job(snakemake.resources) as job:  # gpu > 1: one data-parallel process 
         arm=snakemake.wildcards.arm, model_output=snakemake.output.model, meta_output=snakemake.output.meta,
         metrics_output=snakemake.output.metrics, checkpoint_dir=snakemake.params.checkpoint_dir,
         config=snakemake.params.classifier, tiling=snakemake.params.tiling, seed=snakemake.params.seed,
-        threads=snakemake.threads,
+        threads=snakemake.threads, teacher=snakemake.input.get("teacher"),
     )

@@ -23,6 +23,7 @@ import torch
 
 from duvflow.core.labels import label_to_int
 from duvflow.core.patches import resize_batch, to_float_tensor
+from duvflow.core.stain import stain_jitter
 from duvflow.slides.store import PatchStore
 
 __all__ = [
@@ -53,6 +54,9 @@ class AugmentConfig:
     contrast: float = 0.1
     saturation: float = 0.1
     hue: float = 0.02
+    stain: str = "none"  # stain jitter (duvflow.core.stain): none | hed | fluorescence
+    stain_scale: float = 0.05
+    stain_shift: float = 0.005
 
 
 def load_synthetic(path: str | os.PathLike) -> pd.DataFrame:
@@ -118,6 +122,8 @@ def augment(image: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator)
         image = torch.rot90(image, int(torch.randint(4, (), generator=generator)), dims=(-2, -1))
     # colour jitter (brightness, contrast, saturation as factors 1 +- x; hue as a shift)
     factors = [uniform(cfg.brightness), uniform(cfg.contrast), uniform(cfg.saturation), uniform(cfg.hue)]
+    # stain jitter first: stains vary in the tissue, colour jitter in the imaging
+    image = stain_jitter(image[None], generator, space=cfg.stain, scale=cfg.stain_scale, shift=cfg.stain_shift)[0]
     if cfg.brightness:
         image = TF.adjust_brightness(image, 1 + factors[0])
     if cfg.contrast:

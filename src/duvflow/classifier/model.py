@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from duvflow.core.backbone import create_backbone
+from duvflow.core.backbone import create_backbone, timm_layer_kwargs
 from duvflow.core.io import read_json
 from duvflow.core.labels import LABELS
 from duvflow.train.checkpoint import load_weights
@@ -70,7 +70,7 @@ def load_classifier(folder: str | os.PathLike, device: str | torch.device = "cpu
     meta = read_json(meta_path)
     try:
         backbone = timm.create_model(meta["model"], pretrained=False, num_classes=len(CLASSES),
-                                     img_size=meta["img_size"], **meta.get("model_kwargs", {}))
+                                     img_size=meta["img_size"], **timm_layer_kwargs(meta.get("model_kwargs", {})))
     except KeyError as err:
         raise ValueError(f"{meta_path} lacks the entry {err}") from None
     model = PatchClassifier(backbone, meta["mean"], meta["std"])

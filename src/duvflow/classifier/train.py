@@ -29,6 +29,7 @@ from torch import nn
 from duvflow.classifier.data import AugmentConfig, PatchImages, check_no_leakage, epoch_batches, load_synthetic
 from duvflow.classifier.model import CLASSES, build_classifier
 from duvflow.classifier.predict import predict_probs
+from duvflow.core.backbone import initial_weights
 from duvflow.core.config import from_dict
 from duvflow.core.io import write_csv, write_json
 from duvflow.core.patches import attach_split, load_patch_index
@@ -52,7 +53,7 @@ class ClassifierConfig:
     model: str = "vit_base_patch16_224"
     model_kwargs: dict = dataclasses.field(default_factory=dict)
     weights: str | None = None
-    hub: bool = False
+    init: str = "random"  # pretrained | dino | random (duvflow.core.backbone.initial_weights)
     img_size: int = 224
     epochs: int = 10
     batch_size: int = 64
@@ -128,10 +129,11 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
                      meta_output: str | os.PathLike, metrics_output: str | os.PathLike,
                      checkpoint_dir: str | os.PathLike, config: dict, seed: int,
                      synthetic: str | os.PathLike | None = None, tiling: dict | None = None,
-                     threads: int | None = None) -> dict:
+                     threads: int | None = None, teacher: str | os.PathLike | None = None) -> dict:
     """Train the classifier of ``arm`` on ``fold``; write weights, metadata JSON and metrics CSV.
 
     ``synthetic`` is the arm's synthetic set (folder with ``manifest.parquet``; None for ``real``).
+    ``teacher`` is the fold's DINO teacher (``teacher.safetensors``), the start when ``init`` is dino.
     ``tiling`` (the tiling config) is stored in the metadata so new slides can be tiled alike.
     """
     cfg = from_dict(ClassifierConfig, config, "classifier")
@@ -166,7 +168,7 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
         _log.warning("fold %s has no validation slides: the last epoch's weights are kept", fold)
 
     # model, optimizer, loss
-    model = build_classifier(cfg.model, img_size=cfg.img_size, weights=cfg.weights, hub=cfg.hub,
+    model = build_classifier(cfg.model, img_size=cfg.img_size, **initial_weights(cfg.init, cfg.weights, teacher),
                              model_kwargs=cfg.model_kwargs).to(device)
     model_ddp = wrap_model(model, ctx)  # training forward only; validation and saving use `model`
     from timm.optim import create_optimizer_v2
@@ -257,7 +259,7 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
         "model": cfg.model, "model_kwargs": dict(cfg.model_kwargs), "img_size": cfg.img_size, "classes": list(CLASSES),
         "mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist(),
         "resize": "antialiased bilinear from the stored patch size to img_size",
-        "arm": arm, "fold": str(fold), "seed": run_seed, "init_weights": cfg.weights, "hub": cfg.hub,
+        "arm": arm, "fold": str(fold), "seed": run_seed, "init_weights": cfg.weights, "init": cfg.init,
         "train_slides": sorted(real["slide_id"].unique()), "val_slides": sorted(val["slide_id"].unique()),
         "n_train_real": len(real), "n_train_synthetic": n_synth, "class_counts": dict(zip(CLASSES, counts.tolist(),
                                                                                        strict=True)),

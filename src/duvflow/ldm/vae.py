@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from duvflow.core.config import from_dict
 from duvflow.core.io import atomic_path, write_json
 from duvflow.core.patches import PatchDataset
+from duvflow.core.pretrained import is_hub_repo_id
 from duvflow.core.runtime import configure_threads, progress, seed_everything, select_device
 from duvflow.core.splits import fold_seed
 from duvflow.ldm.common import MetricsLog, run_metadata
@@ -67,7 +68,9 @@ def load_vae(path: str | os.PathLike, cfg: VaeConfig | None = None):
 
     path = Path(path)
     scaling = None
-    if (path / REFERENCE_FILE).is_file():
+    if is_hub_repo_id(str(path)):  # e.g. stabilityai/sd-vae-ft-mse: the hub cache, or downloaded when online
+        vae = AutoencoderKL.from_pretrained(str(path), low_cpu_mem_usage=False)
+    elif (path / REFERENCE_FILE).is_file():
         ref = json.loads((path / REFERENCE_FILE).read_text())
         scaling = ref.get("scaling_factor")
         vae = load_vae(ref["path"], from_dict(VaeConfig, ref.get("vae_config"), "vae"))
@@ -153,9 +156,10 @@ def train_vae(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequenc
     if cfg.pretrained:
         vae = load_vae(cfg.pretrained, cfg)  # fail now, not in a later rule, when it doesn't load
         scaling = cfg.scaling_factor or vae.config.scaling_factor
+        source = cfg.pretrained if is_hub_repo_id(cfg.pretrained) else str(Path(cfg.pretrained).resolve())
         with atomic_path(output, suffix="") as tmp:
             tmp.mkdir()
-            write_json({"path": str(Path(cfg.pretrained).resolve()), "scaling_factor": scaling,
+            write_json({"path": source, "scaling_factor": scaling,
                         "vae_config": _asdict(cfg), **run_metadata(fold=fold)}, tmp / REFERENCE_FILE)
         _log.info("fold %s uses the pretrained VAE %s (scaling factor %.5f)", fold, cfg.pretrained, scaling)
         return

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from duvflow.core.stain import stain_jitter
+
 __all__ = ["AugmentConfig", "CropConfig", "MultiCropAugment", "crop_resize", "random_resized_boxes"]
 
 _GRAY = (0.299, 0.587, 0.114)
@@ -43,6 +45,9 @@ class AugmentConfig:
     blur_p_local: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.2
+    stain: str = "none"  # stain jitter (duvflow.core.stain): none | hed | fluorescence
+    stain_scale: float = 0.05
+    stain_shift: float = 0.005
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,7 @@ class MultiCropAugment:
             boxes = random_resized_boxes(sizes[src], scale, gen)
             x = crop_resize(images, boxes, size, index=src)
             x = self.geometric(x, gen)
+            x = stain_jitter(x, gen, space=cfg.stain, scale=cfg.stain_scale, shift=cfg.stain_shift)
             x = self.colour(x, gen)
             x = self.blur(x, torch.tensor(blur_p, device=dev).repeat_interleave(b), gen)
             sol = torch.tensor(solarize_p, device=dev).repeat_interleave(b)

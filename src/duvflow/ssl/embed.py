@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from duvflow.core.backbone import initial_weights
 from duvflow.core.config import from_dict
 from duvflow.core.io import write_parquet
 from duvflow.core.patches import PatchDataset, attach_split, load_patch_index, resize_batch
@@ -161,10 +162,10 @@ def embed_initial(*, tables: Sequence[str], stores: Sequence[str], statuses: Seq
     device = select_device(cfg.device)
     index = _ordered(load_patch_index(tables, stores, statuses))
     backbone = build_backbone(dcfg.backbone, model_kwargs=dcfg.model_kwargs, pooling=dcfg.pooling,
-                              img_size=dcfg.img_size, weights=dcfg.weights, hub=dcfg.hub, seed=seed)
+                              img_size=dcfg.img_size, **initial_weights(dcfg.init, dcfg.weights), seed=seed)
     model = Embedder(backbone, *data_stats(backbone), dcfg.img_size)
     _log.info("embedding %d patches with the initial %s backbone (%s)", len(index), dcfg.backbone,
-              dcfg.weights or ("hub weights" if dcfg.hub else "random initialisation"))
+              dcfg.weights or ("hub weights" if dcfg.init == "pretrained" else "random initialisation"))
     emb = compute_embeddings(model, index, batch_size=cfg.batch_size, device=device, bf16=cfg.bf16,
                              num_workers=_workers(threads, num_workers, device), desc="embed initial")
     write_parquet(embedding_table(index, emb), output, metadata={

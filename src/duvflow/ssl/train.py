@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from duvflow.core.backbone import initial_weights
 from duvflow.core.config import from_dict
 from duvflow.core.figures import pyplot
 from duvflow.core.io import atomic_path, write_csv, write_json
@@ -63,7 +64,7 @@ class DinoConfig:
     backbone: str = "vit_small_patch16_224"
     model_kwargs: dict = field(default_factory=dict)
     weights: str | None = None
-    hub: bool = False
+    init: str = "random"  # pretrained | random (duvflow.core.backbone.initial_weights)
     img_size: int = 224
     pooling: str = "cls"
     drop_path_rate: float = 0.1
@@ -226,7 +227,7 @@ def train_dino(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequen
 
     # models: student and teacher start from the same backbone; the teacher is never back-propagated
     student_bb = build_backbone(cfg.backbone, model_kwargs=cfg.model_kwargs, pooling=cfg.pooling,
-                                img_size=cfg.img_size, weights=cfg.weights, hub=cfg.hub, seed=seed,
+                                img_size=cfg.img_size, **initial_weights(cfg.init, cfg.weights), seed=seed,
                                 drop_path_rate=cfg.drop_path_rate)
     mean, std = data_stats(student_bb)
     seed_everything(run_seed)
