@@ -41,7 +41,7 @@ DETERMINISTIC_VIEWS = {
 }
 CLASSIFIER = {"model": "vit_base_patch16_224", "img_size": 32, "epochs": 2, "batch_size": 8, "lr": 2e-3,
               "model_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0},
-              "warmup_epochs": 0.5, "num_workers": 0, "checkpoint_every": 2, "bf16": False, "device": "cpu"}
+              "warmup_epochs": 0.5, "num_workers": 0, "checkpoint_every": 2, "mixed_precision": False, "device": "cpu"}
 CLOSE = {"rtol": 1e-4, "atol": 1e-5}
 
 
@@ -49,7 +49,7 @@ def _runs(data: dict, out: Path) -> list[tuple[str, dict]]:
     """The three trainings, writing under ``out``."""
     root, tables, stores, statuses = data["ssl"]
     cohort = {"tables": tables, "stores": stores, "statuses": statuses, "splits": str(root / "splits.csv")}
-    dino = tiny_dino(epochs=2, batch_size=8, lr=0.01, drop_path_rate=0.0, bf16=False, device="cpu",
+    dino = tiny_dino(epochs=2, batch_size=8, lr=0.01, drop_path_rate=0.0, mixed_precision=False, device="cpu",
                      checkpoint_every=4, **DETERMINISTIC_VIEWS)
     ldm = {**ldm_testdata.LDM_CFG, "steps": 8, "log_every": 1, "checkpoint_every": 4, "device": "cpu"}
     vae = {**ldm_testdata.VAE_CFG, "steps": 6, "augment": True, "log_every": 1, "checkpoint_every": 3,

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from duvflow.classifier import load_classifier, predict_tiles, train_classifier
+from duvflow.classifier.config import ClassifierConfig
 from duvflow.classifier.data import LeakageError, PatchImages, augment, check_no_leakage, epoch_batches
-from duvflow.classifier.train import ClassifierConfig, _validate
+from duvflow.classifier.train import _validate
 from duvflow.core.config import from_dict
 from duvflow.core.io import write_json
 from duvflow.core.runtime import select_device
@@ -23,7 +24,7 @@ TINY = {
     "model": "vit_base_patch16_224",
     "model_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0},
     "img_size": 32, "epochs": 4, "batch_size": 16, "lr": 2e-3, "min_lr": 1e-4, "warmup_epochs": 0.5,
-    "label_smoothing": 0.0, "eval_batch_size": 64, "num_workers": 0, "checkpoint_every": 2, "bf16": False,
+    "label_smoothing": 0.0, "eval_batch_size": 64, "num_workers": 0, "checkpoint_every": 2, "mixed_precision": False,
     "device": "cpu",
 }
 # fold 0: test te_b, te_m; val v_b, v_m; the rest train
@@ -230,7 +231,7 @@ def test_epoch_batches_are_deterministic_and_balanced():
 
 
 def test_augment_is_reproducible_and_keeps_range():
-    from duvflow.classifier.data import AugmentConfig
+    from duvflow.classifier.config import ClassifierAugmentConfig as AugmentConfig
 
     img = torch.rand(3, 16, 16)
     cfg = AugmentConfig()
@@ -264,7 +265,7 @@ def test_synthetic_set_errors_name_the_problem(tmp_path):
 
 
 def test_preloaded_images_equal_streamed_ones(cohort):
-    from duvflow.classifier.data import AugmentConfig
+    from duvflow.classifier.config import ClassifierAugmentConfig as AugmentConfig
     from duvflow.core.patches import load_patch_index
 
     index = load_patch_index(cohort["tables"][:2], cohort["stores"][:2], cohort["statuses"][:2])

@@ -11,7 +11,8 @@ from duvflow.core.config import from_dict
 from duvflow.ldm.conditioning import ConditionEncoder, drop_mask
 from duvflow.ldm.config import LdmConfig, VaeConfig
 from duvflow.ldm.data import StepBatches, read_latent_store
-from duvflow.ldm.sample import cfg_combine, guided_ddim, plan_synthetic, synthetic_count
+from duvflow.ldm.model import cfg_combine, guided_ddim
+from duvflow.ldm.sample import plan_synthetic, synthetic_count
 from duvflow.ldm.vae import build_vae, decode_latents, encode_images, encode_latents, load_vae
 
 torch.set_num_threads(1)

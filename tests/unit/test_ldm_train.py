@@ -10,8 +10,9 @@ import pytest
 import torch
 from ldm_testdata import LDM_CFG, ROLES, SAMPLING_CFG, SLIDES, VAE_CFG, make_cohort, make_embeddings
 
+from duvflow.ldm.model import load_ldm, save_ldm
 from duvflow.ldm.sample import sample_images, sample_synthetic, synthetic_count
-from duvflow.ldm.train import load_ldm, save_ldm, train_ldm
+from duvflow.ldm.train import train_ldm
 from duvflow.ldm.vae import encode_latents, load_vae, train_vae
 from duvflow.train.checkpoint import CheckpointManager
 

@@ -12,7 +12,6 @@ as the source of a synthetic patch, reaches that fold's training or validation.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -21,12 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from duvflow.classifier.config import ClassifierAugmentConfig
 from duvflow.core.labels import label_to_int
 from duvflow.core.patches import resize_batch, to_float_tensor
 from duvflow.slides.store import PatchStore
 
 __all__ = [
-    "AugmentConfig",
     "LeakageError",
     "PatchImages",
     "augment",
@@ -40,19 +39,6 @@ _log = logging.getLogger(__name__)
 
 class LeakageError(ValueError):
     """A fold's test slide (or a synthetic patch made from one) would enter its training."""
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """The ``classifier.augment`` config section (applied to training images only)."""
-
-    hflip: bool = True
-    vflip: bool = True
-    rot90: bool = True
-    brightness: float = 0.1
-    contrast: float = 0.1
-    saturation: float = 0.1
-    hue: float = 0.02
 
 
 def load_synthetic(path: str | os.PathLike) -> pd.DataFrame:
@@ -103,7 +89,7 @@ def check_no_leakage(split: pd.DataFrame, fold: str, train_slides, val_slides, s
                          "optimistic", fold, int(synthetic["source_slide"].isin(from_val).sum()), ", ".join(from_val[:5]))
 
 
-def augment(image: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+def augment(image: torch.Tensor, cfg: ClassifierAugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Random flips, rot90 and colour jitter of a float (3, H, W) image in [0, 1], drawn from ``generator``."""
     import torchvision.transforms.v2.functional as TF
 
@@ -140,7 +126,7 @@ class PatchImages:
     """
 
     def __init__(self, real: pd.DataFrame | None, synthetic: pd.DataFrame | None, size: int,
-                 augment_cfg: AugmentConfig | None = None):
+                 augment_cfg: ClassifierAugmentConfig | None = None):
         real = real if real is not None else pd.DataFrame(columns=["store", "patch_index", "label_int"])
         synthetic = synthetic if synthetic is not None else pd.DataFrame(columns=["file", "label_int"])
         self._stores_paths = real["store"].to_numpy()

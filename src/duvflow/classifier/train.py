@@ -27,60 +27,22 @@ import torch
 from torch import nn
 
 from duvflow import __version__
-from duvflow.classifier.data import AugmentConfig, PatchImages, check_no_leakage, epoch_batches, load_synthetic
-from duvflow.classifier.model import CLASSES, build_classifier
-from duvflow.classifier.predict import predict_probs
+from duvflow.classifier.config import ClassifierConfig
+from duvflow.classifier.data import PatchImages, check_no_leakage, epoch_batches, load_synthetic
+from duvflow.classifier.model import CLASSES, build_classifier, predict_probs, save_classifier
 from duvflow.core.config import from_dict
-from duvflow.core.io import write_csv, write_json
+from duvflow.core.io import write_csv
+from duvflow.core.metrics import roc_auc
 from duvflow.core.patches import attach_split, load_patch_index
 from duvflow.core.runtime import autocast, configure_threads, progress, seed_everything
-from duvflow.evaluate.evaluation import roc_auc
-from duvflow.ssl.schedules import cosine_value
-from duvflow.train.checkpoint import CheckpointManager, restore_rng_state, rng_state, save_weights
+from duvflow.core.splits import read_splits
+from duvflow.train.checkpoint import CheckpointManager, restore_rng_state, rng_state
 from duvflow.train.distributed import all_reduce_mean, init_distributed, shard_batches, wrap_model
+from duvflow.train.schedules import cosine_value
 
-__all__ = ["ClassifierConfig", "classifier_seed", "train_classifier"]
+__all__ = ["classifier_seed", "train_classifier"]
 
 _log = logging.getLogger(__name__)
-SELECTION_METRICS = ("slide_auc", "slide_loss")
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassifierConfig:
-    """The ``classifier`` config section (see the schema for each key's meaning)."""
-
-    model: str = "vit_base_patch16_224"
-    model_kwargs: dict = dataclasses.field(default_factory=dict)
-    weights: str | None = None
-    hub: bool = False
-    img_size: int = 224
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 5e-5
-    min_lr: float = 1e-6
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    grad_clip: float = 1.0
-    label_smoothing: float = 0.1
-    balance: str = "sampler"
-    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
-    selection_metric: str = "slide_auc"
-    val_max_patches_per_slide: int | None = None
-    eval_batch_size: int = 128
-    preload: bool = False
-    checkpoint_every: int = 500
-    checkpoints_keep: int = 2
-    num_workers: int = 4
-    device: str = "auto"
-    bf16: bool = True
-
-    def __post_init__(self):
-        if self.balance not in ("sampler", "loss", "none"):
-            raise ValueError(f"classifier.balance must be sampler, loss or none, got {self.balance!r}")
-        if self.selection_metric not in SELECTION_METRICS:
-            raise ValueError(f"classifier.selection_metric must be one of {SELECTION_METRICS}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("classifier.epochs and classifier.batch_size must be >= 1")
 
 
 def classifier_seed(seed: int, fold: str) -> int:
@@ -101,7 +63,7 @@ def _validate(model, val: pd.DataFrame, images: PatchImages, cfg: ClassifierConf
     if len(val) == 0:
         return {"val_patch_loss": math.nan, "val_patch_accuracy": math.nan, "val_slide_auc": math.nan,
                 "val_slide_loss": math.nan}
-    probs = predict_probs(model, images, batch_size=cfg.eval_batch_size, device=device, bf16=cfg.bf16,
+    probs = predict_probs(model, images, batch_size=cfg.eval_batch_size, device=device, mixed_precision=cfg.mixed_precision,
                           num_workers=cfg.num_workers, desc="validate").astype(np.float64)
     y = val["label_int"].to_numpy()
     eps = 1e-6
@@ -143,7 +105,7 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
     device = ctx.device
 
     # data: the fold's real training patches (+ synthetic set), validation patches, leakage check
-    split = pd.read_csv(splits, dtype=str, keep_default_na=False)
+    split = read_splits(splits)
     index = attach_split(load_patch_index(tables, stores, statuses), split, fold)
     real = index[index["role"] == "train"].reset_index(drop=True)
     val = _select_val(index[index["role"] == "val"], cfg.val_max_patches_per_slide, run_seed)
@@ -216,7 +178,7 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast(device, cfg.bf16):
+            with autocast(device, cfg.mixed_precision):
                 logits = model_ddp(x)
             loss = loss_fn(logits.float(), y)
             if not torch.isfinite(loss):
@@ -267,8 +229,7 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
     }
     if not ctx.is_main:  # every rank selected the same weights; rank 0 writes them
         return meta
-    save_weights(best["state"], model_output, metadata={"arm": arm, "fold": str(fold), "model": cfg.model})
-    write_json(meta, meta_output)
+    save_classifier(best["state"], model_output, meta_output, meta)
     write_csv(pd.DataFrame(history), metrics_output)
     ckpt.clear()
     _log.info("fold %s arm %s: kept epoch %d of %d (%s)", fold, arm, best["epoch"] + 1, cfg.epochs,

@@ -23,6 +23,7 @@ from duvflow.core.config import from_dict
 from duvflow.core.figures import pyplot
 from duvflow.core.io import atomic_path, read_json, write_csv, write_json
 from duvflow.core.labels import label_to_int
+from duvflow.core.metrics import roc_auc
 from duvflow.evaluate.aggregate import AggregateConfig, binary_metrics, choose_theta, confusion_counts
 
 __all__ = [
@@ -55,16 +56,6 @@ class EvaluateConfig:
             raise ValueError("evaluate.bootstrap must be >= 0")
         if not 0 < self.ci < 1:
             raise ValueError("evaluate.ci must lie in (0, 1)")
-
-
-def roc_auc(labels, scores) -> float:
-    """ROC AUC of ``scores`` for ``labels`` (1 = malignant); NaN when only one class is present."""
-    from sklearn.metrics import roc_auc_score
-
-    labels = np.asarray(labels, dtype=int)
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    return float(roc_auc_score(labels, np.asarray(scores, dtype=float)))
 
 
 def _counts_metrics(y, p) -> dict[str, np.ndarray]:

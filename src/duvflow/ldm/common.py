@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from duvflow.core.io import atomic_path
+
 __all__ = ["MetricsLog", "run_metadata", "save_grid", "to_uint8"]
 
 
@@ -50,8 +52,6 @@ def to_uint8(images) -> np.ndarray:
 def save_grid(images: np.ndarray, target: str | os.PathLike, ncol: int | None = None) -> None:
     """Tile uint8 (B, H, W, 3) images into one PNG (atomic)."""
     from PIL import Image
-
-    from duvflow.core.io import atomic_path
 
     b, h, w, _ = images.shape
     ncol = ncol or int(np.ceil(np.sqrt(b)))

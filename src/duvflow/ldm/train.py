@@ -28,13 +28,16 @@ import torch
 import torch.nn.functional as F
 
 from duvflow.core.config import from_dict
-from duvflow.core.io import atomic_path, read_json, write_json
+from duvflow.core.io import atomic_path
 from duvflow.core.runtime import autocast, configure_threads, progress, seed_everything
 from duvflow.core.splits import fold_seed
 from duvflow.ldm.common import MetricsLog, run_metadata, save_grid, to_uint8
 from duvflow.ldm.conditioning import ConditionEncoder, drop_mask
 from duvflow.ldm.config import LdmConfig
-from duvflow.ldm.data import StepBatches, read_embeddings, read_latent_store
+from duvflow.ldm.data import StepBatches, read_latent_store
+from duvflow.ldm.model import build_noise_scheduler, build_unet, guided_ddim, save_ldm
+from duvflow.ldm.vae import decode_latents, load_vae
+from duvflow.ssl.embed import read_embeddings
 from duvflow.train.checkpoint import CheckpointManager, restore_rng_state, rng_state
 from duvflow.train.distributed import (
     DistContext,
@@ -46,11 +49,7 @@ from duvflow.train.distributed import (
 
 __all__ = [
     "CONDITIONS",
-    "build_noise_scheduler",
-    "build_unet",
     "draw_batch",
-    "load_ldm",
-    "save_ldm",
     "train_ldm",
     "training_conditions",
     "training_step",
@@ -58,27 +57,6 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 CONDITIONS = ("ssl", "class")
-
-
-def build_unet(cfg: LdmConfig, latent_channels: int, latent_size: int):
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels,
-        down_block_types=tuple(cfg.down_block_types), up_block_types=tuple(cfg.up_block_types),
-        mid_block_type=cfg.mid_block_type, block_out_channels=tuple(cfg.block_out_channels),
-        layers_per_block=cfg.layers_per_block, cross_attention_dim=cfg.cross_attention_dim,
-        attention_head_dim=cfg.attention_heads,  # diffusers' name; it is the number of heads
-        norm_num_groups=cfg.norm_num_groups,
-    )
-
-
-def build_noise_scheduler(cfg: LdmConfig):
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                         beta_start=cfg.beta_start, beta_end=cfg.beta_end, prediction_type=cfg.prediction_type,
-                         clip_sample=False)
 
 
 def training_conditions(store: dict, condition: str, embeddings: str | None) -> torch.Tensor:
@@ -215,9 +193,6 @@ def train_ldm(*, latents: str, vae: str, output: str, checkpoint_dir: str, condi
 
     def draw_grid(step: int) -> None:
         nonlocal grid_vae
-        from duvflow.ldm.sample import guided_ddim
-        from duvflow.ldm.vae import decode_latents, load_vae
-
         grid_vae = grid_vae or load_vae(vae).to(device)
         ema.store(params)
         ema.copy_to(params)
@@ -275,27 +250,3 @@ def train_ldm(*, latents: str, vae: str, output: str, checkpoint_dir: str, condi
     _log.info("LDM %s fold %s: %d steps done, saved to %s", condition, fold, cfg.steps, output)
 
 
-def save_ldm(folder, unet, encoder, noise_scheduler, meta: dict) -> None:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    unet.save_pretrained(folder / "unet", safe_serialization=True)
-    encoder.save_pretrained(folder / "condition", safe_serialization=True)
-    noise_scheduler.save_pretrained(folder / "scheduler")
-    write_json(meta, folder / "ldm.json")
-
-
-def load_ldm(folder, device="cpu"):
-    """(unet, condition encoder, DDIM scheduler, metadata) of a trained LDM folder, in eval mode."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-
-    folder = Path(folder)
-    if not (folder / "ldm.json").is_file():
-        raise FileNotFoundError(f"{folder} is not a trained LDM folder (no ldm.json)")
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True,
-                                                low_cpu_mem_usage=False).to(device).eval()
-    encoder = ConditionEncoder.from_pretrained(folder / "condition", local_files_only=True,
-                                               low_cpu_mem_usage=False).to(device).eval()
-    scheduler = DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
-    unet.requires_grad_(False)
-    encoder.requires_grad_(False)
-    return unet, encoder, scheduler, read_json(folder / "ldm.json")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -20,13 +19,13 @@ import torch
 from duvflow import __version__
 from duvflow.core.config import from_dict
 from duvflow.core.io import write_parquet
-from duvflow.core.patches import PatchDataset, attach_split, load_patch_index, resize_batch
+from duvflow.core.patches import LABEL_TO_INT, PatchDataset, attach_split, load_patch_index, resize_batch
 from duvflow.core.runtime import autocast, configure_threads, progress, select_device
 from duvflow.ssl.batches import as_uint8_tensor, collate_patches, to_device_float
+from duvflow.ssl.config import DinoConfig, EmbedConfig
 from duvflow.ssl.model import Embedder, build_backbone, data_stats, load_teacher
 
 __all__ = [
-    "EmbedConfig",
     "compute_embeddings",
     "embed_initial",
     "embed_patches",
@@ -36,13 +35,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 META_COLUMNS = ["slide_id", "patch_index", "x", "y", "label"]
-
-
-@dataclass(frozen=True)
-class EmbedConfig:
-    batch_size: int = 256
-    device: str = "auto"
-    bf16: bool = True
+EMBEDDING_COLUMNS = ("slide_id", "patch_index", "label", "embedding")  # what readers rely on
 
 
 def prepare_batch(batch: torch.Tensor, sizes: torch.Tensor, img_size: int, device) -> torch.Tensor:
@@ -75,8 +68,8 @@ class _EmbedCollate:
         return None, sizes, prepare_batch(batch, sizes, self.img_size, torch.device("cpu"))
 
 
-def compute_embeddings(model: Embedder, index: pd.DataFrame, *, batch_size: int, device, bf16: bool = True,
-                       num_workers: int = 0, desc: str = "embedding") -> np.ndarray:
+def compute_embeddings(model: Embedder, index: pd.DataFrame, *, batch_size: int, device,
+                       mixed_precision: bool = True, num_workers: int = 0, desc: str = "embedding") -> np.ndarray:
     """float32 (len(index), dim) embeddings of ``index``'s patches, in row order.
 
     Patches are resized on the device on a GPU, in the loader workers on the CPU (when there are any).
@@ -93,7 +86,7 @@ def compute_embeddings(model: Embedder, index: pd.DataFrame, *, batch_size: int,
     with torch.inference_mode(), progress(total=len(index), desc=desc, unit="patch") as bar:
         for batch, sizes, images in loader:
             x = prepare_batch(batch, sizes, model.img_size, device) if images is None else images.to(device)
-            with autocast(device, enabled=bf16):
+            with autocast(device, enabled=mixed_precision):
                 z = model(x)
             out[pos: pos + len(z)] = z.float().cpu()
             pos += len(z)
@@ -112,16 +105,34 @@ def embedding_table(index: pd.DataFrame, embeddings: np.ndarray):
     return table.append_column("embedding", column)
 
 
-def read_embeddings(path: str | os.PathLike, columns: Sequence[str] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
-    """An embeddings parquet -> (metadata DataFrame, float32 (N, dim) matrix), rows aligned."""
+def read_embeddings(path: str | os.PathLike, role: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """An embeddings parquet -> (metadata DataFrame with ``label_int``, float32 (N, dim) matrix), rows
+    aligned; ``role`` keeps only the patches of that role. Missing columns, ragged embeddings and
+    unknown labels are errors naming the file."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path, columns=None if columns is None else [*columns, "embedding"])
-    col = table.column("embedding").combine_chunks()
-    dim = col.type.list_size
-    matrix = col.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+    table = pq.read_table(path)
+    required = [*EMBEDDING_COLUMNS, *(["role"] if role is not None else [])]
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise ValueError(f"embedding table {path} lacks column(s) {', '.join(missing)}")
+    if role is not None:
+        table = table.filter(pc.equal(table["role"], role))
+    column = table.column("embedding").combine_chunks()
+    n = len(table)
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    if n and flat.size % n:
+        raise ValueError(f"embedding table {path}: the embeddings do not all have the same length")
+    embeddings = flat.reshape(n, -1 if n else 0)
     meta = table.drop_columns(["embedding"]).to_pandas()
-    return meta, matrix
+    meta["patch_index"] = meta["patch_index"].astype("int64")
+    meta["slide_id"] = meta["slide_id"].astype(str)
+    unknown = set(meta["label"].unique()) - set(LABEL_TO_INT)
+    if unknown:
+        raise ValueError(f"embedding table {path}: unknown label(s) {sorted(unknown)}")
+    meta["label_int"] = meta["label"].map(LABEL_TO_INT).astype("int64")
+    return meta, embeddings
 
 
 def _workers(threads: int, num_workers: int | None, device=None) -> int:
@@ -151,7 +162,8 @@ def embed_patches(*, tables: Sequence[str], stores: Sequence[str], statuses: Seq
     _log.info("embedding %d patches of %d slides with the fold %s teacher (%s, %s pooling, %d px) on %s",
               len(index), index["slide_id"].nunique(), fold, meta["backbone"], meta["pooling"], meta["img_size"],
               device)
-    emb = compute_embeddings(model, index, batch_size=cfg.batch_size, device=device, bf16=cfg.bf16,
+    emb = compute_embeddings(model, index, batch_size=cfg.batch_size, device=device,
+                             mixed_precision=cfg.mixed_precision,
                              num_workers=_workers(threads, num_workers, device), desc=f"embed fold {fold}")
     _check_spread(emb, f"fold {fold}")
     write_parquet(embedding_table(index, emb), output, metadata={
@@ -164,8 +176,6 @@ def embed_initial(*, tables: Sequence[str], stores: Sequence[str], statuses: Seq
                   output: str | os.PathLike, dino: dict, embed: dict, seed: int, threads: int = 1,
                   num_workers: int | None = None) -> None:
     """Embed every patch with the backbone DINO starts from (the probe's "before fine-tuning")."""
-    from duvflow.ssl.train import DinoConfig
-
     dcfg = from_dict(DinoConfig, dino, "dino")
     cfg = from_dict(EmbedConfig, embed, "embed")
     configure_threads(threads)
@@ -176,7 +186,8 @@ def embed_initial(*, tables: Sequence[str], stores: Sequence[str], statuses: Seq
     model = Embedder(backbone, *data_stats(backbone), dcfg.img_size)
     _log.info("embedding %d patches with the initial %s backbone (%s)", len(index), dcfg.backbone,
               dcfg.weights or ("hub weights" if dcfg.hub else "random initialisation"))
-    emb = compute_embeddings(model, index, batch_size=cfg.batch_size, device=device, bf16=cfg.bf16,
+    emb = compute_embeddings(model, index, batch_size=cfg.batch_size, device=device,
+                             mixed_precision=cfg.mixed_precision,
                              num_workers=_workers(threads, num_workers, device), desc="embed initial")
     write_parquet(embedding_table(index, emb), output, metadata={
         "fold": "initial", "backbone": dcfg.backbone, "pooling": dcfg.pooling, "img_size": str(dcfg.img_size),

@@ -16,7 +16,6 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,16 +29,17 @@ from duvflow.core.io import atomic_path, write_csv, write_json
 from duvflow.core.patches import PatchDataset, attach_split, load_patch_index
 from duvflow.core.runtime import autocast, configure_threads, progress, seed_everything
 from duvflow.core.splits import fold_seed
-from duvflow.ssl.augment import AugmentConfig, CropConfig, MultiCropAugment
+from duvflow.ssl.augment import MultiCropAugment
 from duvflow.ssl.batches import EpochBatchSampler, as_uint8_tensor, collate_patches, to_device_float
+from duvflow.ssl.config import DinoConfig
 from duvflow.ssl.head import DINOHead, MultiCropModel
 from duvflow.ssl.loss import DINOLoss
 from duvflow.ssl.model import Embedder, backbone_kwargs, build_backbone, data_stats, fingerprint
-from duvflow.ssl.schedules import cosine_schedule, warmup_constant_schedule
 from duvflow.train.checkpoint import CheckpointManager, restore_rng_state, rng_state, save_weights
 from duvflow.train.distributed import all_reduce_mean, init_distributed, shard_batches, wrap_model
+from duvflow.train.schedules import cosine_schedule, warmup_constant_schedule
 
-__all__ = ["METRIC_COLUMNS", "CollapseMonitor", "DinoConfig", "HeadConfig", "plot_metrics", "train_dino"]
+__all__ = ["METRIC_COLUMNS", "CollapseMonitor", "plot_metrics", "train_dino"]
 
 _log = logging.getLogger(__name__)
 
@@ -47,50 +47,6 @@ METRIC_COLUMNS = ("step", "epoch", "loss", "teacher_entropy", "kl", "embed_std",
                   "weight_decay", "momentum", "teacher_temp", "step_time_s")
 # settings that change how a run executes but not what it computes: a resumed run may differ in them
 _RUNTIME_KEYS = ("device", "augment_on", "checkpoint_every", "checkpoints_keep")
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    out_dim: int = 65536
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    n_layers: int = 3
-    norm_last_layer: bool = True
-
-
-@dataclass(frozen=True)
-class DinoConfig:
-    backbone: str = "vit_small_patch16_224"
-    model_kwargs: dict = field(default_factory=dict)
-    weights: str | None = None
-    hub: bool = False
-    img_size: int = 224
-    pooling: str = "cls"
-    drop_path_rate: float = 0.1
-    head: HeadConfig = field(default_factory=HeadConfig)
-    crops: CropConfig = field(default_factory=CropConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 5e-4
-    min_lr: float = 1e-6
-    warmup_epochs: float = 3
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
-    momentum_teacher: float = 0.996
-    teacher_temp: float = 0.04
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: float = 0
-    student_temp: float = 0.1
-    center_momentum: float = 0.9
-    clip_grad: float = 3.0
-    freeze_last_layer_epochs: float = 1
-    collapse_std: float = 0.05
-    checkpoint_every: int = 500
-    checkpoints_keep: int = 2
-    device: str = "auto"
-    augment_on: str = "auto"
-    bf16: bool = True
 
 
 def augment_seed(seed: int, step: int) -> int:
@@ -329,14 +285,14 @@ def train_dino(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequen
                 views = augment(to_device_float(batch, device), gen, sizes.to(device))
         else:
             views = [v.to(device, non_blocking=True) for v in views]
-        with autocast(device, enabled=cfg.bf16):
+        with autocast(device, enabled=cfg.mixed_precision):
             with torch.no_grad():
                 t_feats, t_out = teacher_model(views[:2])
             _, s_out = student_ddp(views)
         loss, stats = dino_loss(s_out, t_out, float(temp_sched[step]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad if cfg.clip_grad > 0
+        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip if cfg.grad_clip > 0
                                                    else float("inf"))
         if step < freeze_last:  # DINO: the prototypes stay fixed at first, which stabilises training
             for p in student.head.last_layer.parameters():
