@@ -24,7 +24,8 @@ from safetensors.torch import load_file
 
 from duvflow.core.splits import make_splits
 from duvflow.gpu import GpuJob
-from duvflow.ldm.vae import encode_latents, train_vae
+from duvflow.ldm.train import train_vae
+from duvflow.ldm.vae import encode_latents
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "unit"))

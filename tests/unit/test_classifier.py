@@ -137,7 +137,7 @@ def test_resumed_training_equals_an_uninterrupted_run(cohort, monkeypatch, caplo
     full = cohort["root"] / "full"
     _train(cohort, full, config=cfg)
 
-    import duvflow.classifier.train as train_mod
+    import duvflow.train.harness as train_mod
 
     class Interrupt(Exception):
         pass

@@ -10,10 +10,11 @@ from ldm_testdata import VAE_CFG, make_cohort
 from duvflow.core.config import from_dict
 from duvflow.ldm.conditioning import ConditionEncoder, drop_mask
 from duvflow.ldm.config import LdmConfig, VaeConfig
-from duvflow.ldm.data import StepBatches, read_latent_store
+from duvflow.ldm.data import read_latent_store
 from duvflow.ldm.model import cfg_combine, guided_ddim
 from duvflow.ldm.sample import plan_synthetic, synthetic_count
 from duvflow.ldm.vae import build_vae, decode_latents, encode_images, encode_latents, load_vae
+from duvflow.train.batches import StepBatches
 
 torch.set_num_threads(1)
 
@@ -168,7 +169,7 @@ def test_vae_round_trip_shape_and_scale(tmp_path):
 
 
 def test_pretrained_vae_reference_and_latent_store(tmp_path):
-    from duvflow.ldm.vae import train_vae
+    from duvflow.ldm.train import train_vae
 
     cohort = make_cohort(tmp_path)
     cfg = from_dict(VaeConfig, VAE_CFG, "vae")

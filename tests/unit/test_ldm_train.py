@@ -12,8 +12,8 @@ from ldm_testdata import LDM_CFG, ROLES, SAMPLING_CFG, SLIDES, VAE_CFG, make_coh
 
 from duvflow.ldm.model import load_ldm, save_ldm
 from duvflow.ldm.sample import sample_images, sample_synthetic, synthetic_count
-from duvflow.ldm.train import train_ldm
-from duvflow.ldm.vae import encode_latents, load_vae, train_vae
+from duvflow.ldm.train import train_ldm, train_vae
+from duvflow.ldm.vae import encode_latents, load_vae
 from duvflow.train.checkpoint import CheckpointManager
 
 torch.set_num_threads(1)

@@ -4,7 +4,7 @@ from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
 from duvflow.gpu import gpu_job
-from duvflow.ldm.vae import train_vae
+from duvflow.ldm.train import train_vae
 
 with gpu_job(snakemake.resources) as job:  # gpu > 1: one data-parallel process per card
     job.launch(

@@ -23,7 +23,7 @@ import pandas as pd
 
 from duvflow.core.patches import attach_split, load_patch_index
 
-__all__ = ["StepBatches", "fold_training_patches", "read_latent_store", "write_latent_store"]
+__all__ = ["fold_training_patches", "read_latent_store", "write_latent_store"]
 
 _log = logging.getLogger(__name__)
 
@@ -79,26 +79,3 @@ def read_latent_store(path: str | os.PathLike, arrays: bool = True) -> dict:
             out["mean"] = torch.from_numpy(f["mean"][:].astype(np.float32))
             out["std"] = torch.from_numpy(f["std"][:].astype(np.float32))
     return out
-
-
-class StepBatches:
-    """Batch ``step`` of a run as a pure function of (seed, step): shuffled epochs without
-    replacement, so a resumed run draws exactly the batches the interrupted one would have."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        if n <= 0:
-            raise ValueError("no training samples")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.per_epoch = max(1, n // batch_size)
-        self._epoch, self._perm = -1, None
-
-    def __call__(self, step: int):
-        import torch
-
-        epoch, pos = divmod(step, self.per_epoch)
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-            need = self.per_epoch * self.batch_size
-            perms = [torch.randperm(self.n, generator=g) for _ in range(-(-need // self.n))]
-            self._epoch, self._perm = epoch, torch.cat(perms)[:need]
-        return self._perm[pos * self.batch_size:(pos + 1) * self.batch_size]
