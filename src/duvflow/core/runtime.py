@@ -69,11 +69,8 @@ def select_device(preferred: str = "auto"):
 
 
 def autocast(device, enabled: bool = True):
-    """bf16 autocast on CUDA cards that support it; a no-op context elsewhere.
-
-    CPU bf16 autocast is faster for inference but changes training numerics; callers that want
-    it on the CPU pass ``cpu_bf16=True`` through :func:`autocast_cpu` instead.
-    """
+    """bf16 autocast on CUDA cards that support it (the configs' ``mixed_precision``); a no-op
+    context elsewhere: CPU bf16 autocast would change training numerics for little gain."""
     import torch
 
     if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
