@@ -62,11 +62,11 @@ def _runs(data: dict, out: Path) -> list[tuple[str, dict]]:
         ("classifier", dict(**cohort, fold="0", arm="real", model_output=str(out / "clf" / "model.safetensors"),
                             meta_output=str(out / "clf" / "model.json"),
                             metrics_output=str(out / "clf" / "metrics.csv"), checkpoint_dir=str(out / "clf.ckpt"),
-                            config=CLASSIFIER, seed=3, threads=2)),
+                            classifier=CLASSIFIER, seed=3, threads=2)),
         ("vae", dict(**data["ldm_cohort"], fold="0", output=str(out / "vae"), checkpoint_dir=str(out / "vae.ckpt"),
-                     cfg=vae, seed=7, threads=2)),
+                     vae=vae, seed=7, threads=2)),
         ("ldm", {"latents": data["latents"], "vae": data["vae"], "output": str(out / "ldm"),
-                 "checkpoint_dir": str(out / "ldm.ckpt"), "condition": "ssl", "fold": "0", "cfg": ldm, "seed": 5,
+                 "checkpoint_dir": str(out / "ldm.ckpt"), "condition": "ssl", "fold": "0", "ldm": ldm, "seed": 5,
                  "embeddings": data["embeddings"], "threads": 2}),
     ]
 
@@ -81,9 +81,9 @@ def runs(tmp_path_factory):
     ldm_root = root / "ldm"
     ldm_cohort = ldm_testdata.make_cohort(ldm_root)
     train_vae(**ldm_cohort, fold="0", output=str(ldm_root / "vae"), checkpoint_dir=str(ldm_root / "vae.ckpt"),
-              cfg={**ldm_testdata.VAE_CFG, "steps": 2}, seed=11)
-    encode_latents(vae=str(ldm_root / "vae"), **ldm_cohort, fold="0", output=str(ldm_root / "latents.h5"),
-                   cfg=ldm_testdata.VAE_CFG)
+              vae={**ldm_testdata.VAE_CFG, "steps": 2}, seed=11)
+    encode_latents(vae_model=str(ldm_root / "vae"), **ldm_cohort, fold="0", output=str(ldm_root / "latents.h5"),
+                   vae=ldm_testdata.VAE_CFG)
     data = {"ssl": (root / "ssl", tables, stores, statuses), "vae": str(ldm_root / "vae"),
             "latents": str(ldm_root / "latents.h5"), "ldm_cohort": ldm_cohort, "embeddings": ldm_testdata.make_embeddings(ldm_root, "0")}
 

@@ -84,7 +84,7 @@ def _train(cohort, out, fold="0", config=TINY, **kw):
     return train_classifier(tables=cohort["tables"], stores=cohort["stores"], statuses=cohort["statuses"],
                             splits=cohort["splits"], fold=fold, arm=kw.pop("arm", "real"),
                             model_output=out / "model.safetensors", meta_output=out / "model.json",
-                            metrics_output=out / "metrics.csv", checkpoint_dir=str(out) + ".ckpt", config=config,
+                            metrics_output=out / "metrics.csv", checkpoint_dir=str(out) + ".ckpt", classifier=config,
                             seed=11, threads=1, **kw)
 
 
@@ -117,7 +117,7 @@ def test_micro_training_learns_and_the_saved_model_reproduces_its_selection(coho
     # predict_tiles covers val and test slides only and yields sensible probabilities
     pred_path = cohort["root"] / "patches.parquet"
     pred = predict_tiles(model_dir=out, tables=cohort["tables"], stores=cohort["stores"], statuses=cohort["statuses"],
-                         splits=cohort["splits"], fold="0", output=pred_path, config=TINY, threads=1)
+                         splits=cohort["splits"], fold="0", output=pred_path, classifier=TINY, threads=1)
     assert set(pred["slide_id"]) == {"v_b", "v_m", "te_b", "te_m"}
     assert set(pd.read_parquet(pred_path).columns) == {"slide_id", "patch_index", "x", "y", "role", "prob"}
     by_slide = pred.groupby("slide_id")["prob"].mean()
@@ -125,11 +125,11 @@ def test_micro_training_learns_and_the_saved_model_reproduces_its_selection(coho
     # and a second prediction run gives identical numbers (reload is deterministic)
     pred2 = predict_tiles(model_dir=out, tables=cohort["tables"], stores=cohort["stores"],
                           statuses=cohort["statuses"], splits=cohort["splits"], fold="0",
-                          output=cohort["root"] / "p2.parquet", config=TINY, threads=1)
+                          output=cohort["root"] / "p2.parquet", classifier=TINY, threads=1)
     np.testing.assert_array_equal(pred["prob"].to_numpy(), pred2["prob"].to_numpy())
     with pytest.raises(ValueError, match="fold 0, not fold all"):
         predict_tiles(model_dir=out, tables=cohort["tables"], stores=cohort["stores"], statuses=cohort["statuses"],
-                      splits=cohort["splits"], fold="all", output=cohort["root"] / "p3.parquet", config=TINY)
+                      splits=cohort["splits"], fold="all", output=cohort["root"] / "p3.parquet", classifier=TINY)
 
 
 def test_resumed_training_equals_an_uninterrupted_run(cohort, monkeypatch, caplog):
@@ -215,7 +215,7 @@ def test_prediction_refuses_a_model_trained_on_a_test_slide(cohort):
     (out / "model.json").write_text(json.dumps(meta))
     with pytest.raises(LeakageError, match="te_b"):
         predict_tiles(model_dir=out, tables=cohort["tables"], stores=cohort["stores"], statuses=cohort["statuses"],
-                      splits=cohort["splits"], fold="0", output=cohort["root"] / "p.parquet", config=TINY)
+                      splits=cohort["splits"], fold="0", output=cohort["root"] / "p.parquet", classifier=TINY)
 
 
 def test_epoch_batches_are_deterministic_and_balanced():

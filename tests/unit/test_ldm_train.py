@@ -25,9 +25,9 @@ def stage(tmp_path_factory):
     """Cohort, a trained micro VAE, the latent store and an embedding table of fold 0."""
     root = tmp_path_factory.mktemp("ldm")
     cohort = make_cohort(root)
-    train_vae(**cohort, fold="0", output=str(root / "vae"), checkpoint_dir=str(root / "vae.ckpt"), cfg=VAE_CFG,
+    train_vae(**cohort, fold="0", output=str(root / "vae"), checkpoint_dir=str(root / "vae.ckpt"), vae=VAE_CFG,
               seed=SEED)
-    encode_latents(vae=str(root / "vae"), **cohort, fold="0", output=str(root / "latents.h5"), cfg=VAE_CFG)
+    encode_latents(vae_model=str(root / "vae"), **cohort, fold="0", output=str(root / "latents.h5"), vae=VAE_CFG)
     emb = make_embeddings(root, "0")
     return {"root": root, "cohort": cohort, "vae": str(root / "vae"), "latents": str(root / "latents.h5"),
             "embeddings": emb, "runs": {}}
@@ -37,7 +37,7 @@ def _train(stage, name, condition="ssl", **overrides):
     root = stage["root"]
     out = root / "ldm" / name
     train_ldm(latents=stage["latents"], vae=stage["vae"], output=str(out), checkpoint_dir=str(out) + ".ckpt",
-              condition=condition, fold="0", cfg={**LDM_CFG, **overrides}, seed=SEED,
+              condition=condition, fold="0", ldm={**LDM_CFG, **overrides}, seed=SEED,
               embeddings=stage["embeddings"] if condition == "ssl" else None)
     return out
 
@@ -65,7 +65,7 @@ def test_vae_resumes_after_interruption(stage, monkeypatch):
         raise KeyboardInterrupt("simulated time-out")
 
     kw = {**stage["cohort"], "fold": "0", "output": str(root / "vae2"), "checkpoint_dir": str(root / "vae2.ckpt"),
-          "cfg": VAE_CFG, "seed": SEED}
+          "vae": VAE_CFG, "seed": SEED}
     monkeypatch.setattr(CheckpointManager, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_vae(**kw)
@@ -136,7 +136,7 @@ def test_synthetic_folder_and_provenance(stage, condition):
     model = _ssl_model(stage) if condition == "ssl" else _train(stage, "class", "class", steps=5, log_every=5)
     out = stage["root"] / "synthetic" / condition
     kw = {"model": str(model), "vae": stage["vae"], "latents": stage["latents"], "condition": condition, "fold": "0",
-          "cfg": SAMPLING_CFG, "seed": 3, "embeddings": stage["embeddings"]}
+          "sampling": SAMPLING_CFG, "seed": 3, "embeddings": stage["embeddings"]}
     sample_synthetic(output=str(out), **kw)
     manifest = pd.read_parquet(out / "manifest.parquet")
     n_real = 3 * 8  # fold 0 has three training slides of 8 patches
@@ -172,14 +172,14 @@ def test_vae_resume_ignores_changed_run_time_settings(stage, monkeypatch, caplog
         raise KeyboardInterrupt("simulated time-out")
 
     kw = {**stage["cohort"], "fold": "0", "output": str(root / "vae3"), "checkpoint_dir": str(root / "vae3.ckpt"),
-          "cfg": VAE_CFG, "seed": SEED}
+          "vae": VAE_CFG, "seed": SEED}
     monkeypatch.setattr(CheckpointManager, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_vae(**kw)
     monkeypatch.setattr(CheckpointManager, "save", original)
     changed = {**VAE_CFG, "num_workers": 1, "log_every": 2, "device": "cpu", "encode_batch_size": 4}
     with caplog.at_level(logging.INFO, logger="duvflow.train.checkpoint"):
-        train_vae(**{**kw, "cfg": changed})
+        train_vae(**{**kw, "vae": changed})
     assert "resuming from" in caplog.text and "step 3" in caplog.text
     metrics = pd.read_csv(root / "vae3" / "metrics.csv")
     assert metrics["step"].tolist() == [1, 2, 3, 4, 6]  # logged every step before, every 2nd after
@@ -207,7 +207,7 @@ def test_vae_sigterm_writes_a_checkpoint_and_exits_non_zero(stage, monkeypatch):
         return out
 
     kw = {**stage["cohort"], "fold": "0", "output": str(root / "vae4"), "checkpoint_dir": str(root / "vae4.ckpt"),
-          "cfg": VAE_CFG, "seed": SEED}
+          "vae": VAE_CFG, "seed": SEED}
     monkeypatch.setattr(ldm_train, "_vae_step", step_then_sigterm)
     with pytest.raises(TrainingInterrupted) as err:
         train_vae(**kw)

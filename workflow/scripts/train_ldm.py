@@ -11,6 +11,6 @@ with gpu_job(snakemake.resources) as job:  # gpu > 1: one data-parallel process 
         train_ldm,
         latents=snakemake.input.latents, vae=snakemake.input.vae, embeddings=snakemake.input.get("embeddings"),
         output=snakemake.output.model, checkpoint_dir=snakemake.params.checkpoint_dir,
-        condition=snakemake.wildcards.cond, fold=snakemake.wildcards.fold, cfg=snakemake.params.ldm,
+        condition=snakemake.wildcards.cond, fold=snakemake.wildcards.fold, ldm=snakemake.params.ldm,
         seed=snakemake.params.seed, threads=snakemake.threads,
     )

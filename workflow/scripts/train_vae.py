@@ -11,6 +11,6 @@ with gpu_job(snakemake.resources) as job:  # gpu > 1: one data-parallel process 
         train_vae,
         tables=snakemake.input.tables, stores=snakemake.input.stores, statuses=snakemake.input.statuses,
         splits=snakemake.input.splits, fold=snakemake.wildcards.fold, output=snakemake.output.vae,
-        checkpoint_dir=snakemake.params.checkpoint_dir, cfg=snakemake.params.vae, seed=snakemake.params.seed,
+        checkpoint_dir=snakemake.params.checkpoint_dir, vae=snakemake.params.vae, seed=snakemake.params.seed,
         threads=snakemake.threads,
     )

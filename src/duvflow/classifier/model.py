@@ -18,7 +18,7 @@ from torch import nn
 from duvflow.core.backbone import create_backbone
 from duvflow.core.io import read_json, write_json
 from duvflow.core.labels import LABELS
-from duvflow.core.runtime import autocast, progress
+from duvflow.core.runtime import autocast, ignore_sigterm, progress
 from duvflow.train.checkpoint import load_weights, save_weights
 
 __all__ = ["CLASSES", "PatchClassifier", "build_classifier", "load_classifier", "predict_probs", "save_classifier"]
@@ -99,7 +99,7 @@ def predict_probs(model: PatchClassifier, images, *, batch_size: int, device: to
     was_training = model.training
     model.eval()
     loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", worker_init_fn=ignore_sigterm if num_workers else None)
     out = []
     for x, _ in progress(loader, desc=desc, unit="batch", leave=False):
         with autocast(device, mixed_precision):

@@ -23,10 +23,10 @@ _log = logging.getLogger(__name__)
 
 def predict_tiles(*, model_dir: str | os.PathLike, tables: Sequence[str], stores: Sequence[str],
                   statuses: Sequence[str], splits: str | os.PathLike, fold: str, output: str | os.PathLike,
-                  config: dict, threads: int | None = None) -> pd.DataFrame:
+                  classifier: dict, threads: int | None = None) -> pd.DataFrame:
     """Write ``slide_id, patch_index, x, y, role, prob`` for every patch of the fold's val and test
     slides (validation predictions let aggregation choose theta without touching test slides)."""
-    cfg = from_dict(ClassifierConfig, config, "classifier")
+    cfg = from_dict(ClassifierConfig, classifier, "classifier")
     configure_threads(threads)
     device = select_device(cfg.device)
     model, meta = load_classifier(model_dir, device)

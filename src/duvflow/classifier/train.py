@@ -158,7 +158,7 @@ class _Selection:
 def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequence[str],
                      splits: str | os.PathLike, fold: str, arm: str, model_output: str | os.PathLike,
                      meta_output: str | os.PathLike, metrics_output: str | os.PathLike,
-                     checkpoint_dir: str | os.PathLike, config: dict, seed: int,
+                     checkpoint_dir: str | os.PathLike, classifier: dict, seed: int,
                      synthetic: str | os.PathLike | None = None, tiling: dict | None = None,
                      threads: int | None = None) -> dict:
     """Train the classifier of ``arm`` on ``fold``; write weights, metadata JSON and metrics CSV.
@@ -168,7 +168,7 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
     """
     from timm.optim import create_optimizer_v2
 
-    cfg = from_dict(ClassifierConfig, config, "classifier")
+    cfg = from_dict(ClassifierConfig, classifier, "classifier")
     run_seed = classifier_seed(seed, fold)
     data = _fold_data(tables, stores, statuses, splits, fold, synthetic, cfg, run_seed)
     train_set, counts, train_slides = data["train_set"], data["counts"], sorted(data["real"]["slide_id"].unique())

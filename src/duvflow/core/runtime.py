@@ -10,10 +10,12 @@ import contextlib
 import logging
 import os
 import random
+import signal
 import sys
 import warnings
 
-__all__ = ["autocast", "configure_threads", "progress", "seed_everything", "select_device", "setup_logging"]
+__all__ = ["autocast", "configure_threads", "ignore_sigterm", "progress", "seed_everything", "select_device",
+           "setup_logging"]
 
 _log = logging.getLogger(__name__)
 
@@ -76,6 +78,12 @@ def autocast(device, enabled: bool = True):
     if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def ignore_sigterm(_worker_id: int | None = None) -> None:
+    """DataLoader ``worker_init_fn``: a SIGTERM sent to the whole job (SLURM time-out, ``scancel``)
+    is left to the main process, which checkpoints before the workers are shut down."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def seed_everything(seed: int) -> None:

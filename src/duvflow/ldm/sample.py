@@ -81,12 +81,12 @@ def sample_images(unet, encoder, vae, scheduler, conditions: torch.Tensor, seeds
     return to_uint8(images)
 
 
-def sample_synthetic(*, model: str, vae: str, latents: str, output: str, condition: str, fold: str, cfg: dict,
+def sample_synthetic(*, model: str, vae: str, latents: str, output: str, condition: str, fold: str, sampling: dict,
                      seed: int, embeddings: str | None = None, threads: int = 1) -> None:
     """Write the synthetic patch folder ``output`` for one arm and fold."""
     from PIL import Image
 
-    cfg = from_dict(SamplingConfig, cfg, "sampling")
+    cfg = from_dict(SamplingConfig, sampling, "sampling")
     configure_threads(threads)
     seed = fold_seed(seed, fold)  # the same plan and noise in both arms
     device = select_device(cfg.device)

@@ -161,13 +161,13 @@ class _ProgressGrids:
         ema.restore(params)
 
 
-def train_ldm(*, latents: str, vae: str, output: str, checkpoint_dir: str, condition: str, fold: str, cfg: dict,
+def train_ldm(*, latents: str, vae: str, output: str, checkpoint_dir: str, condition: str, fold: str, ldm: dict,
               seed: int, embeddings: str | None = None, threads: int = 1) -> None:
     """Train the ``condition``-conditioned LDM of ``fold`` on its latent store; writes ``output``."""
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
-    cfg = from_dict(LdmConfig, cfg, "ldm")
+    cfg = from_dict(LdmConfig, ldm, "ldm")
     seed = fold_seed(seed, fold)  # distinct per fold, shared by the two arms
     # data: latents are cached and scaled already; the condition comes with each latent
     store = read_latent_store(latents)
@@ -286,7 +286,7 @@ def _vae_step(vae, images: torch.Tensor, generator: torch.Generator, optimizer, 
 
 
 def train_vae(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequence[str] | None, splits: str,
-              fold: str, output: str, checkpoint_dir: str, cfg: dict, seed: int, threads: int = 1) -> None:
+              fold: str, output: str, checkpoint_dir: str, vae: dict, seed: int, threads: int = 1) -> None:
     """Train (or reference a pretrained) VAE for ``fold``; writes the folder ``output``.
 
     Under torchrun (rule ``gpu`` > 1) each process trains on its contiguous shard of every global
@@ -295,7 +295,7 @@ def train_vae(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequenc
     """
     from diffusers.optimization import get_scheduler
 
-    cfg = from_dict(VaeConfig, cfg, "vae")
+    cfg = from_dict(VaeConfig, vae, "vae")
     if cfg.pretrained:
         configure_threads(threads)
         _reference_pretrained(cfg, fold, output)
@@ -304,12 +304,12 @@ def train_vae(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequenc
     dataset = PatchDataset(fold_training_patches(tables, stores, statuses, splits, fold), size=cfg.image_size)
     run = TrainingRun("vae", cfg, checkpoint_dir=checkpoint_dir, seed=seed, threads=threads,
                       metric_columns=VAE_METRICS, identity={"fold": fold, "seed": seed, "n_patches": len(dataset)})
-    vae = build_vae(cfg).to(run.device).train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model = build_vae(cfg).to(run.device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=cfg.warmup_steps,
                                  num_training_steps=cfg.steps)
     generator = torch.Generator().manual_seed(seed)
-    run.track(model=vae, optimizer=optimizer, lr_scheduler=lr_scheduler, generator=generator)
+    run.track(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, generator=generator)
     run.resume()
 
     # every rank walks the same global batches and loads only its shard of each
@@ -318,7 +318,7 @@ def train_vae(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequenc
                         num_workers=cfg.num_workers, seed=seed)
     batches = progress(loader, total=cfg.steps - run.start, desc=f"VAE fold {fold}")
     for step, (images, _, _) in run.steps(cfg.steps, batches):
-        values = _vae_step(vae, images, generator, optimizer, lr_scheduler, cfg, run)
+        values = _vae_step(model, images, generator, optimizer, lr_scheduler, cfg, run)
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             loss, rec, kl = all_reduce_mean(values, run.ctx).tolist()  # every rank joins
@@ -326,11 +326,11 @@ def train_vae(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequenc
 
     if not run.is_main:  # every rank holds the same weights; rank 0 writes
         return
-    vae.eval().requires_grad_(False)
-    scaling = cfg.scaling_factor or _estimate_scaling(vae, dataset, cfg, seed, run.device)
-    vae.register_to_config(scaling_factor=float(scaling))
+    model.eval().requires_grad_(False)
+    scaling = cfg.scaling_factor or _estimate_scaling(model, dataset, cfg, seed, run.device)
+    model.register_to_config(scaling_factor=float(scaling))
     with atomic_path(output, suffix="") as tmp:
-        vae.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True)
         write_json(run_metadata(fold=fold, n_patches=len(dataset), steps=cfg.steps, vae=_asdict(cfg)),
                    tmp / "duvflow_vae.json")
         run.write_metrics(tmp / "metrics.csv")

@@ -123,13 +123,14 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_latents(*, vae: str, tables: Sequence[str], stores: Sequence[str], statuses: Sequence[str] | None,
-                   splits: str, fold: str, output: str, cfg: dict, threads: int = 1) -> None:
-    """Encode every training patch of ``fold`` once into the latent store ``output``."""
-    cfg = from_dict(VaeConfig, cfg, "vae")
+def encode_latents(*, vae_model: str, tables: Sequence[str], stores: Sequence[str], statuses: Sequence[str] | None,
+                   splits: str, fold: str, output: str, vae: dict, threads: int = 1) -> None:
+    """Encode every training patch of ``fold`` once with the fold's VAE ``vae_model`` into the latent
+    store ``output`` (``vae``: the config section)."""
+    cfg = from_dict(VaeConfig, vae, "vae")
     configure_threads(threads)
     device = select_device(cfg.device)
-    model = load_vae(vae).to(device)
+    model = load_vae(vae_model).to(device)
     index = fold_training_patches(tables, stores, statuses, splits, fold)
     loader = torch.utils.data.DataLoader(PatchDataset(index, size=cfg.image_size), batch_size=cfg.encode_batch_size,
                                          num_workers=cfg.num_workers, shuffle=False)
@@ -140,7 +141,7 @@ def encode_latents(*, vae: str, tables: Sequence[str], stores: Sequence[str], st
         stds.append(std.float().cpu().numpy())
     mean, std = np.concatenate(means), np.concatenate(stds)
     attrs = {"fold": str(fold), "image_size": cfg.image_size, "scaling_factor": float(model.config.scaling_factor),
-             "latent_channels": int(mean.shape[1]), "latent_size": int(mean.shape[-1]), "vae": str(vae)}
+             "latent_channels": int(mean.shape[1]), "latent_size": int(mean.shape[-1]), "vae": str(vae_model)}
     with atomic_path(output) as tmp:
         write_latent_store(tmp, mean, std, index, attrs)
     _log.info("fold %s: %d latents of shape %s written to %s", fold, len(mean), mean.shape[1:], output)

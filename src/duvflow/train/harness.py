@@ -42,7 +42,7 @@ import torch
 
 from duvflow.core.config import result_settings
 from duvflow.core.io import write_csv
-from duvflow.core.runtime import autocast, configure_threads, seed_everything
+from duvflow.core.runtime import autocast, configure_threads, ignore_sigterm, seed_everything
 from duvflow.train.checkpoint import CheckpointManager, restore_rng_state, rng_state
 from duvflow.train.distributed import init_distributed, wrap_model
 
@@ -65,11 +65,6 @@ class TrainingInterrupted(SystemExit):
 def _plain(value: Any) -> Any:
     """NumPy/torch scalars as Python numbers (checkpoints load with ``weights_only=True``)."""
     return value.item() if hasattr(value, "item") else value
-
-
-def _ignore_sigterm(_worker_id: int) -> None:
-    """DataLoader workers leave SIGTERM to the training process, which checkpoints before they stop."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class TrainingRun:
@@ -115,7 +110,7 @@ class TrainingRun:
         """A DataLoader whose workers ignore SIGTERM and whose creation draws nothing from the global RNG."""
         return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
                                            pin_memory=self.device.type == "cuda",
-                                           worker_init_fn=_ignore_sigterm if num_workers else None,
+                                           worker_init_fn=ignore_sigterm if num_workers else None,
                                            generator=torch.Generator().manual_seed(seed), **kwargs)
 
     # ------------------------------------------------------------------ state, resume, checkpoints
