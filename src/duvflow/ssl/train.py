@@ -194,6 +194,21 @@ def _loader_workers(threads: int, num_workers: int | None, device) -> int:
     return workers
 
 
+def _loader(run: TrainingRun, train: pd.DataFrame, cfg: DinoConfig, workers: int, total: int, seed: int,
+            aug_seed: int, augment: MultiCropAugment) -> torch.utils.data.DataLoader:
+    """The batches of steps ``run.start .. total - 1`` as ``(step, uint8 batch, sizes, views)``; the
+    views are made in the workers (CPU), else ``None`` and made batched on the device (GPU)."""
+    # on a GPU the batched augmentation is cheap on the device; on a CPU the workers do it in parallel
+    in_workers = workers > 0 and (cfg.augment_on == "workers" or
+                                  (cfg.augment_on == "auto" and run.device.type != "cuda"))
+    _log.info("augmentation runs %s", f"in {workers} DataLoader workers" if in_workers else f"batched on {run.device}")
+    order = StepBatches(len(train), cfg.batch_size, seed)
+    sampler = order.sampler(run.start, total, key=lambda step, rows: [(step, r) for r in rows])
+    return run.loader(_StepPatches(PatchDataset(train, transform=as_uint8_tensor)), shard_batches(sampler, run.ctx),
+                      num_workers=workers, seed=seed, collate_fn=DinoCollate(augment if in_workers else None, aug_seed),
+                      persistent_workers=False, prefetch_factor=4 if workers else None)
+
+
 class _PendingMetrics:
     """Per-step diagnostics kept on the device and moved to the host in batches of steps (one sync
     per flush, not per step), then logged as named metric rows and fed to the collapse monitor."""
@@ -288,18 +303,9 @@ def train_dino(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequen
     run.track(student=student, teacher=teacher_model, loss=dino_loss, optimizer=optimizer)
     run.resume()
 
-    workers = _loader_workers(threads, num_workers, device)
-    # on a GPU the batched augmentation is cheap on the device; on a CPU the workers do it in parallel
-    in_workers = workers > 0 and (cfg.augment_on == "workers" or (cfg.augment_on == "auto" and device.type != "cuda"))
     aug_seed = run_seed + 104_729 * run.ctx.rank  # each rank augments its own shard with its own stream
-    order = StepBatches(len(train), cfg.batch_size, run_seed)
-    loader = run.loader(_StepPatches(PatchDataset(train, transform=as_uint8_tensor)),
-                        shard_batches(order.sampler(run.start, total, key=lambda st, rows: [(st, r) for r in rows]),
-                                      run.ctx),
-                        num_workers=workers, seed=run_seed, collate_fn=DinoCollate(augment if in_workers else None,
-                                                                                    aug_seed),
-                        persistent_workers=False, prefetch_factor=4 if workers else None)
-    _log.info("augmentation runs %s", f"in {workers} DataLoader workers" if in_workers else f"batched on {device}")
+    loader = _loader(run, train, cfg, _loader_workers(threads, num_workers, device), total, run_seed, aug_seed,
+                     augment)
     monitor = CollapseMonitor(cfg.head.out_dim, cfg.collapse_std,
                               start_step=max(sched["warmup"], sched["freeze_last"], total // 4))
     for r in run.rows:
