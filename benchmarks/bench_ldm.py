@@ -63,8 +63,9 @@ def main(argv=None) -> None:
     from duvflow.core.config import from_dict
     from duvflow.ldm.conditioning import ConditionEncoder
     from duvflow.ldm.config import LdmConfig, SamplingConfig, VaeConfig
-    from duvflow.ldm.sample import guided_ddim, sample_images
-    from duvflow.ldm.train import build_noise_scheduler, build_unet, draw_batch, training_step
+    from duvflow.ldm.model import build_noise_scheduler, build_unet, guided_ddim
+    from duvflow.ldm.sample import sample_images
+    from duvflow.ldm.train import draw_batch, training_step
     from duvflow.ldm.vae import build_vae
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

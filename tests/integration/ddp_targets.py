@@ -7,8 +7,7 @@ four); each trainer sees the same torchrun environment a rule's ``job.launch`` w
 from __future__ import annotations
 
 from duvflow.classifier.train import train_classifier
-from duvflow.ldm.train import train_ldm
-from duvflow.ldm.vae import train_vae
+from duvflow.ldm.train import train_ldm, train_vae
 from duvflow.ssl.train import train_dino
 
 TRAINERS = {"dino": train_dino, "classifier": train_classifier, "vae": train_vae, "ldm": train_ldm}

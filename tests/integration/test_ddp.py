@@ -24,7 +24,8 @@ from safetensors.torch import load_file
 
 from duvflow.core.splits import make_splits
 from duvflow.gpu import GpuJob
-from duvflow.ldm.vae import encode_latents, train_vae
+from duvflow.ldm.train import train_vae
+from duvflow.ldm.vae import encode_latents
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "unit"))
@@ -41,7 +42,7 @@ DETERMINISTIC_VIEWS = {
 }
 CLASSIFIER = {"model": "vit_base_patch16_224", "img_size": 32, "epochs": 2, "batch_size": 8, "lr": 2e-3,
               "model_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0},
-              "warmup_epochs": 0.5, "num_workers": 0, "checkpoint_every": 2, "bf16": False, "device": "cpu"}
+              "warmup_epochs": 0.5, "num_workers": 0, "checkpoint_every": 2, "mixed_precision": False, "device": "cpu"}
 CLOSE = {"rtol": 1e-4, "atol": 1e-5}
 
 
@@ -49,7 +50,7 @@ def _runs(data: dict, out: Path) -> list[tuple[str, dict]]:
     """The three trainings, writing under ``out``."""
     root, tables, stores, statuses = data["ssl"]
     cohort = {"tables": tables, "stores": stores, "statuses": statuses, "splits": str(root / "splits.csv")}
-    dino = tiny_dino(epochs=2, batch_size=8, lr=0.01, drop_path_rate=0.0, bf16=False, device="cpu",
+    dino = tiny_dino(epochs=2, batch_size=8, lr=0.01, drop_path_rate=0.0, mixed_precision=False, device="cpu",
                      checkpoint_every=4, **DETERMINISTIC_VIEWS)
     ldm = {**ldm_testdata.LDM_CFG, "steps": 8, "log_every": 1, "checkpoint_every": 4, "device": "cpu"}
     vae = {**ldm_testdata.VAE_CFG, "steps": 6, "augment": True, "log_every": 1, "checkpoint_every": 3,
@@ -61,11 +62,11 @@ def _runs(data: dict, out: Path) -> list[tuple[str, dict]]:
         ("classifier", dict(**cohort, fold="0", arm="real", model_output=str(out / "clf" / "model.safetensors"),
                             meta_output=str(out / "clf" / "model.json"),
                             metrics_output=str(out / "clf" / "metrics.csv"), checkpoint_dir=str(out / "clf.ckpt"),
-                            config=CLASSIFIER, seed=3, threads=2)),
+                            classifier=CLASSIFIER, seed=3, threads=2)),
         ("vae", dict(**data["ldm_cohort"], fold="0", output=str(out / "vae"), checkpoint_dir=str(out / "vae.ckpt"),
-                     cfg=vae, seed=7, threads=2)),
+                     vae=vae, seed=7, threads=2)),
         ("ldm", {"latents": data["latents"], "vae": data["vae"], "output": str(out / "ldm"),
-                 "checkpoint_dir": str(out / "ldm.ckpt"), "condition": "ssl", "fold": "0", "cfg": ldm, "seed": 5,
+                 "checkpoint_dir": str(out / "ldm.ckpt"), "condition": "ssl", "fold": "0", "ldm": ldm, "seed": 5,
                  "embeddings": data["embeddings"], "threads": 2}),
     ]
 
@@ -80,9 +81,9 @@ def runs(tmp_path_factory):
     ldm_root = root / "ldm"
     ldm_cohort = ldm_testdata.make_cohort(ldm_root)
     train_vae(**ldm_cohort, fold="0", output=str(ldm_root / "vae"), checkpoint_dir=str(ldm_root / "vae.ckpt"),
-              cfg={**ldm_testdata.VAE_CFG, "steps": 2}, seed=11)
-    encode_latents(vae=str(ldm_root / "vae"), **ldm_cohort, fold="0", output=str(ldm_root / "latents.h5"),
-                   cfg=ldm_testdata.VAE_CFG)
+              vae={**ldm_testdata.VAE_CFG, "steps": 2}, seed=11)
+    encode_latents(vae_model=str(ldm_root / "vae"), **ldm_cohort, fold="0", output=str(ldm_root / "latents.h5"),
+                   vae=ldm_testdata.VAE_CFG)
     data = {"ssl": (root / "ssl", tables, stores, statuses), "vae": str(ldm_root / "vae"),
             "latents": str(ldm_root / "latents.h5"), "ldm_cohort": ldm_cohort, "embeddings": ldm_testdata.make_embeddings(ldm_root, "0")}
 

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from duvflow.classifier import load_classifier, predict_tiles, train_classifier
+from duvflow.classifier.config import ClassifierConfig
 from duvflow.classifier.data import LeakageError, PatchImages, augment, check_no_leakage, epoch_batches
-from duvflow.classifier.train import ClassifierConfig, _validate
+from duvflow.classifier.train import _validate
 from duvflow.core.config import from_dict
 from duvflow.core.io import write_json
 from duvflow.core.runtime import select_device
@@ -23,7 +24,7 @@ TINY = {
     "model": "vit_base_patch16_224",
     "model_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0},
     "img_size": 32, "epochs": 4, "batch_size": 16, "lr": 2e-3, "min_lr": 1e-4, "warmup_epochs": 0.5,
-    "label_smoothing": 0.0, "eval_batch_size": 64, "num_workers": 0, "checkpoint_every": 2, "bf16": False,
+    "label_smoothing": 0.0, "eval_batch_size": 64, "num_workers": 0, "checkpoint_every": 2, "mixed_precision": False,
     "device": "cpu",
 }
 # fold 0: test te_b, te_m; val v_b, v_m; the rest train
@@ -83,7 +84,7 @@ def _train(cohort, out, fold="0", config=TINY, **kw):
     return train_classifier(tables=cohort["tables"], stores=cohort["stores"], statuses=cohort["statuses"],
                             splits=cohort["splits"], fold=fold, arm=kw.pop("arm", "real"),
                             model_output=out / "model.safetensors", meta_output=out / "model.json",
-                            metrics_output=out / "metrics.csv", checkpoint_dir=str(out) + ".ckpt", config=config,
+                            metrics_output=out / "metrics.csv", checkpoint_dir=str(out) + ".ckpt", classifier=config,
                             seed=11, threads=1, **kw)
 
 
@@ -116,7 +117,7 @@ def test_micro_training_learns_and_the_saved_model_reproduces_its_selection(coho
     # predict_tiles covers val and test slides only and yields sensible probabilities
     pred_path = cohort["root"] / "patches.parquet"
     pred = predict_tiles(model_dir=out, tables=cohort["tables"], stores=cohort["stores"], statuses=cohort["statuses"],
-                         splits=cohort["splits"], fold="0", output=pred_path, config=TINY, threads=1)
+                         splits=cohort["splits"], fold="0", output=pred_path, classifier=TINY, threads=1)
     assert set(pred["slide_id"]) == {"v_b", "v_m", "te_b", "te_m"}
     assert set(pd.read_parquet(pred_path).columns) == {"slide_id", "patch_index", "x", "y", "role", "prob"}
     by_slide = pred.groupby("slide_id")["prob"].mean()
@@ -124,11 +125,11 @@ def test_micro_training_learns_and_the_saved_model_reproduces_its_selection(coho
     # and a second prediction run gives identical numbers (reload is deterministic)
     pred2 = predict_tiles(model_dir=out, tables=cohort["tables"], stores=cohort["stores"],
                           statuses=cohort["statuses"], splits=cohort["splits"], fold="0",
-                          output=cohort["root"] / "p2.parquet", config=TINY, threads=1)
+                          output=cohort["root"] / "p2.parquet", classifier=TINY, threads=1)
     np.testing.assert_array_equal(pred["prob"].to_numpy(), pred2["prob"].to_numpy())
     with pytest.raises(ValueError, match="fold 0, not fold all"):
         predict_tiles(model_dir=out, tables=cohort["tables"], stores=cohort["stores"], statuses=cohort["statuses"],
-                      splits=cohort["splits"], fold="all", output=cohort["root"] / "p3.parquet", config=TINY)
+                      splits=cohort["splits"], fold="all", output=cohort["root"] / "p3.parquet", classifier=TINY)
 
 
 def test_resumed_training_equals_an_uninterrupted_run(cohort, monkeypatch, caplog):
@@ -136,7 +137,7 @@ def test_resumed_training_equals_an_uninterrupted_run(cohort, monkeypatch, caplo
     full = cohort["root"] / "full"
     _train(cohort, full, config=cfg)
 
-    import duvflow.classifier.train as train_mod
+    import duvflow.train.harness as train_mod
 
     class Interrupt(Exception):
         pass
@@ -214,7 +215,7 @@ def test_prediction_refuses_a_model_trained_on_a_test_slide(cohort):
     (out / "model.json").write_text(json.dumps(meta))
     with pytest.raises(LeakageError, match="te_b"):
         predict_tiles(model_dir=out, tables=cohort["tables"], stores=cohort["stores"], statuses=cohort["statuses"],
-                      splits=cohort["splits"], fold="0", output=cohort["root"] / "p.parquet", config=TINY)
+                      splits=cohort["splits"], fold="0", output=cohort["root"] / "p.parquet", classifier=TINY)
 
 
 def test_epoch_batches_are_deterministic_and_balanced():
@@ -230,7 +231,7 @@ def test_epoch_batches_are_deterministic_and_balanced():
 
 
 def test_augment_is_reproducible_and_keeps_range():
-    from duvflow.classifier.data import AugmentConfig
+    from duvflow.classifier.config import ClassifierAugmentConfig as AugmentConfig
 
     img = torch.rand(3, 16, 16)
     cfg = AugmentConfig()
@@ -264,7 +265,7 @@ def test_synthetic_set_errors_name_the_problem(tmp_path):
 
 
 def test_preloaded_images_equal_streamed_ones(cohort):
-    from duvflow.classifier.data import AugmentConfig
+    from duvflow.classifier.config import ClassifierAugmentConfig as AugmentConfig
     from duvflow.core.patches import load_patch_index
 
     index = load_patch_index(cohort["tables"][:2], cohort["stores"][:2], cohort["statuses"][:2])

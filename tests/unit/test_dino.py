@@ -10,12 +10,14 @@ from safetensors.torch import load_file
 from ssl_cohort import labels_for, make_cohort, tiny_dino
 
 from duvflow.core.splits import make_splits
-from duvflow.ssl.augment import AugmentConfig, CropConfig, MultiCropAugment, random_resized_boxes
+from duvflow.ssl.augment import MultiCropAugment, random_resized_boxes
+from duvflow.ssl.config import CropConfig
+from duvflow.ssl.config import DinoAugmentConfig as AugmentConfig
 from duvflow.ssl.head import DINOHead
 from duvflow.ssl.loss import DINOLoss
 from duvflow.ssl.model import load_teacher
-from duvflow.ssl.schedules import cosine_schedule, cosine_value, warmup_constant_schedule
 from duvflow.ssl.train import CollapseMonitor, ema_update, train_dino
+from duvflow.train.schedules import cosine_schedule, cosine_value, warmup_constant_schedule
 
 
 @pytest.fixture(autouse=True)

@@ -74,7 +74,7 @@ def test_embedding_parquet_schema_coverage_and_roles(trained, tmp_path):
 def test_embeddings_equal_the_teacher_applied_directly(trained, tmp_path):
     root = trained[0]
     out = tmp_path / "e.parquet"
-    _embed(trained, out, bf16=False)
+    _embed(trained, out, mixed_precision=False)
     meta, x = read_embeddings(out)
     model, info = load_teacher(root / "teacher.safetensors")
     from duvflow.slides.store import PatchStore
@@ -99,7 +99,7 @@ def test_initial_embedding_uses_the_configured_local_weights(trained, tmp_path):
     torch.save({"model": {f"module.{k}": v for k, v in source.state_dict().items()}}, weights)
     out = tmp_path / "initial.parquet"
     embed_initial(tables=tables, stores=stores, statuses=statuses, output=out, dino={**cfg, "init": "pretrained", "weights": str(weights)},
-                  embed={"batch_size": 32, "bf16": False}, seed=1, num_workers=0)
+                  embed={"batch_size": 32, "mixed_precision": False}, seed=1, num_workers=0)
     meta, x = read_embeddings(out)
     assert "role" not in meta and len(meta) == 120
     from duvflow.slides.store import PatchStore

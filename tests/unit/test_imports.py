@@ -12,12 +12,8 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
-# The two circles the harness branch removes (issue #14). The lead deletes this allow-list when merging
-# it; any other cycle fails now, and an entry that is no longer a cycle fails too (so it cannot linger).
-KNOWN_CYCLES = {
-    frozenset({"duvflow.classifier.predict", "duvflow.classifier.train"}),
-    frozenset({"duvflow.ldm.sample", "duvflow.ldm.train"}),
-}
+# No allow-list: any cycle fails (an entry that is no longer a cycle would fail too).
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 def module_names(src: Path) -> dict[str, Path]:

@@ -10,9 +10,11 @@ from ldm_testdata import VAE_CFG, make_cohort
 from duvflow.core.config import from_dict
 from duvflow.ldm.conditioning import ConditionEncoder, drop_mask
 from duvflow.ldm.config import LdmConfig, VaeConfig
-from duvflow.ldm.data import StepBatches, read_latent_store
-from duvflow.ldm.sample import cfg_combine, guided_ddim, plan_synthetic, synthetic_count
+from duvflow.ldm.data import read_latent_store
+from duvflow.ldm.model import cfg_combine, guided_ddim
+from duvflow.ldm.sample import plan_synthetic, synthetic_count
 from duvflow.ldm.vae import build_vae, decode_latents, encode_images, encode_latents, load_vae
+from duvflow.train.batches import StepBatches
 
 torch.set_num_threads(1)
 
@@ -167,7 +169,7 @@ def test_vae_round_trip_shape_and_scale(tmp_path):
 
 
 def test_pretrained_vae_reference_and_latent_store(tmp_path):
-    from duvflow.ldm.vae import train_vae
+    from duvflow.ldm.train import train_vae
 
     cohort = make_cohort(tmp_path)
     cfg = from_dict(VaeConfig, VAE_CFG, "vae")
@@ -175,12 +177,12 @@ def test_pretrained_vae_reference_and_latent_store(tmp_path):
     build_vae(cfg).save_pretrained(tmp_path / "user_vae")
     vae_cfg = {**VAE_CFG, "pretrained": str(tmp_path / "user_vae"), "scaling_factor": 0.25}
     train_vae(**cohort, fold="0", output=str(tmp_path / "vae"), checkpoint_dir=str(tmp_path / "vae.ckpt"),
-              cfg=vae_cfg, seed=1)
+              vae=vae_cfg, seed=1)
     assert (tmp_path / "vae" / "pretrained.json").is_file()
     vae = load_vae(tmp_path / "vae")
     assert vae.config.scaling_factor == 0.25
 
-    encode_latents(vae=str(tmp_path / "vae"), **cohort, fold="0", output=str(tmp_path / "lat.h5"), cfg=vae_cfg)
+    encode_latents(vae_model=str(tmp_path / "vae"), **cohort, fold="0", output=str(tmp_path / "lat.h5"), vae=vae_cfg)
     store = read_latent_store(tmp_path / "lat.h5")
     assert store["mean"].shape == (24, 4, 16, 16)  # 3 training slides x 8 patches
     assert set(store["index"]["slide_id"]) == {"s0", "s1", "s4"}  # fold 0's training slides only

@@ -10,9 +10,10 @@ import pytest
 import torch
 from ldm_testdata import LDM_CFG, ROLES, SAMPLING_CFG, SLIDES, VAE_CFG, make_cohort, make_embeddings
 
+from duvflow.ldm.model import load_ldm, save_ldm
 from duvflow.ldm.sample import sample_images, sample_synthetic, synthetic_count
-from duvflow.ldm.train import load_ldm, save_ldm, train_ldm
-from duvflow.ldm.vae import encode_latents, load_vae, train_vae
+from duvflow.ldm.train import train_ldm, train_vae
+from duvflow.ldm.vae import encode_latents, load_vae
 from duvflow.train.checkpoint import CheckpointManager
 
 torch.set_num_threads(1)
@@ -24,9 +25,9 @@ def stage(tmp_path_factory):
     """Cohort, a trained micro VAE, the latent store and an embedding table of fold 0."""
     root = tmp_path_factory.mktemp("ldm")
     cohort = make_cohort(root)
-    train_vae(**cohort, fold="0", output=str(root / "vae"), checkpoint_dir=str(root / "vae.ckpt"), cfg=VAE_CFG,
+    train_vae(**cohort, fold="0", output=str(root / "vae"), checkpoint_dir=str(root / "vae.ckpt"), vae=VAE_CFG,
               seed=SEED)
-    encode_latents(vae=str(root / "vae"), **cohort, fold="0", output=str(root / "latents.h5"), cfg=VAE_CFG)
+    encode_latents(vae_model=str(root / "vae"), **cohort, fold="0", output=str(root / "latents.h5"), vae=VAE_CFG)
     emb = make_embeddings(root, "0")
     return {"root": root, "cohort": cohort, "vae": str(root / "vae"), "latents": str(root / "latents.h5"),
             "embeddings": emb, "runs": {}}
@@ -36,7 +37,7 @@ def _train(stage, name, condition="ssl", **overrides):
     root = stage["root"]
     out = root / "ldm" / name
     train_ldm(latents=stage["latents"], vae=stage["vae"], output=str(out), checkpoint_dir=str(out) + ".ckpt",
-              condition=condition, fold="0", cfg={**LDM_CFG, **overrides}, seed=SEED,
+              condition=condition, fold="0", ldm={**LDM_CFG, **overrides}, seed=SEED,
               embeddings=stage["embeddings"] if condition == "ssl" else None)
     return out
 
@@ -64,7 +65,7 @@ def test_vae_resumes_after_interruption(stage, monkeypatch):
         raise KeyboardInterrupt("simulated time-out")
 
     kw = {**stage["cohort"], "fold": "0", "output": str(root / "vae2"), "checkpoint_dir": str(root / "vae2.ckpt"),
-          "cfg": VAE_CFG, "seed": SEED}
+          "vae": VAE_CFG, "seed": SEED}
     monkeypatch.setattr(CheckpointManager, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_vae(**kw)
@@ -135,7 +136,7 @@ def test_synthetic_folder_and_provenance(stage, condition):
     model = _ssl_model(stage) if condition == "ssl" else _train(stage, "class", "class", steps=5, log_every=5)
     out = stage["root"] / "synthetic" / condition
     kw = {"model": str(model), "vae": stage["vae"], "latents": stage["latents"], "condition": condition, "fold": "0",
-          "cfg": SAMPLING_CFG, "seed": 3, "embeddings": stage["embeddings"]}
+          "sampling": SAMPLING_CFG, "seed": 3, "embeddings": stage["embeddings"]}
     sample_synthetic(output=str(out), **kw)
     manifest = pd.read_parquet(out / "manifest.parquet")
     n_real = 3 * 8  # fold 0 has three training slides of 8 patches
@@ -159,3 +160,63 @@ def test_synthetic_folder_and_provenance(stage, condition):
         assert (out / f).read_bytes() == (stage["root"] / "synthetic" / f"{condition}_again" / f).read_bytes()
     with pytest.raises(ValueError, match="conditioned on"):
         sample_synthetic(output=str(out) + "_wrong", **{**kw, "condition": "class" if condition == "ssl" else "ssl"})
+
+
+def test_vae_resume_ignores_changed_run_time_settings(stage, monkeypatch, caplog):
+    """A time-out after the first checkpoint, then a rerun with other workers, logging cadence and
+    device: the run continues from its checkpoint to the uninterrupted run's weights."""
+    root, original = stage["root"], CheckpointManager.save
+
+    def save_then_die(self, step, state):
+        original(self, step, state)
+        raise KeyboardInterrupt("simulated time-out")
+
+    kw = {**stage["cohort"], "fold": "0", "output": str(root / "vae3"), "checkpoint_dir": str(root / "vae3.ckpt"),
+          "vae": VAE_CFG, "seed": SEED}
+    monkeypatch.setattr(CheckpointManager, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_vae(**kw)
+    monkeypatch.setattr(CheckpointManager, "save", original)
+    changed = {**VAE_CFG, "num_workers": 1, "log_every": 2, "device": "cpu", "encode_batch_size": 4}
+    with caplog.at_level(logging.INFO, logger="duvflow.train.checkpoint"):
+        train_vae(**{**kw, "vae": changed})
+    assert "resuming from" in caplog.text and "step 3" in caplog.text
+    metrics = pd.read_csv(root / "vae3" / "metrics.csv")
+    assert metrics["step"].tolist() == [1, 2, 3, 4, 6]  # logged every step before, every 2nd after
+    resumed, reference = load_vae(root / "vae3"), load_vae(stage["vae"])
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_vae_sigterm_writes_a_checkpoint_and_exits_non_zero(stage, monkeypatch):
+    """SIGTERM (a SLURM time-out or scancel) mid-run: the step in progress ends, is checkpointed
+    although no checkpoint was due, nothing looks finished, and the rerun resumes from it."""
+    import os
+    import signal
+
+    import duvflow.ldm.train as ldm_train
+    from duvflow.train.harness import TrainingInterrupted
+
+    root, original, calls = stage["root"], ldm_train._vae_step, []
+
+    def step_then_sigterm(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    kw = {**stage["cohort"], "fold": "0", "output": str(root / "vae4"), "checkpoint_dir": str(root / "vae4.ckpt"),
+          "vae": VAE_CFG, "seed": SEED}
+    monkeypatch.setattr(ldm_train, "_vae_step", step_then_sigterm)
+    with pytest.raises(TrainingInterrupted) as err:
+        train_vae(**kw)
+    assert err.value.code != 0
+    assert not (root / "vae4").exists()
+    assert sorted(p.name for p in (root / "vae4.ckpt").iterdir()) == ["checkpoint-00000002.pt"]  # due only at 3
+    monkeypatch.undo()
+    train_vae(**kw)
+    resumed, reference = load_vae(root / "vae4"), load_vae(stage["vae"])
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert not (root / "vae4.ckpt").exists()

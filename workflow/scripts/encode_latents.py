@@ -10,7 +10,7 @@ from duvflow.ldm.vae import encode_latents
 
 with gpu_job(snakemake.resources):
     encode_latents(
-        vae=snakemake.input.vae, tables=snakemake.input.tables, stores=snakemake.input.stores,
+        vae_model=snakemake.input.vae, tables=snakemake.input.tables, stores=snakemake.input.stores,
         statuses=snakemake.input.statuses, splits=snakemake.input.splits, fold=snakemake.wildcards.fold,
-        output=snakemake.output.latents, cfg=snakemake.params.vae, threads=snakemake.threads,
+        output=snakemake.output.latents, vae=snakemake.params.vae, threads=snakemake.threads,
     )

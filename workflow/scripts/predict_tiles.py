@@ -12,5 +12,5 @@ with gpu_job(snakemake.resources):
     predict_tiles(
         model_dir=snakemake.params.model_dir, tables=snakemake.input.tables, stores=snakemake.input.stores,
         statuses=snakemake.input.statuses, splits=snakemake.input.splits, fold=snakemake.wildcards.fold,
-        output=snakemake.output.patches, config=snakemake.params.classifier, threads=snakemake.threads,
+        output=snakemake.output.patches, classifier=snakemake.params.classifier, threads=snakemake.threads,
     )

@@ -12,6 +12,6 @@ with gpu_job(snakemake.resources):
     sample_synthetic(
         model=snakemake.input.model, vae=snakemake.input.vae, latents=snakemake.input.latents,
         embeddings=snakemake.input.get("embeddings"), output=snakemake.output.synthetic,
-        condition=snakemake.wildcards.cond, fold=snakemake.wildcards.fold, cfg=snakemake.params.sampling,
+        condition=snakemake.wildcards.cond, fold=snakemake.wildcards.fold, sampling=snakemake.params.sampling,
         seed=snakemake.params.seed, threads=snakemake.threads,
     )

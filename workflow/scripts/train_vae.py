@@ -1,16 +1,18 @@
 """Rule train_vae: the fold's autoencoder (trained on its training patches, or the configured pretrained one)."""
 # ruff: noqa: F821
+import duvflow_checkout  # noqa: F401 (this checkout's src/ first on sys.path, also in conda jobs)
+
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
 from duvflow.gpu import gpu_job
-from duvflow.ldm.vae import train_vae
+from duvflow.ldm.train import train_vae
 
 with gpu_job(snakemake.resources) as job:  # gpu > 1: one data-parallel process per card
     job.launch(
         train_vae,
         tables=snakemake.input.tables, stores=snakemake.input.stores, statuses=snakemake.input.statuses,
         splits=snakemake.input.splits, fold=snakemake.wildcards.fold, output=snakemake.output.vae,
-        checkpoint_dir=snakemake.params.checkpoint_dir, cfg=snakemake.params.vae, seed=snakemake.params.seed,
+        checkpoint_dir=snakemake.params.checkpoint_dir, vae=snakemake.params.vae, seed=snakemake.params.seed,
         threads=snakemake.threads,
     )

@@ -1,5 +1,8 @@
 """The slide classifier's patch model: a timm ViT trained on real (+ synthetic) patches of a fold.
 
+Rooms: ``config`` (settings), ``data`` (patch images, leakage checks), ``model`` (build, save, load,
+batched prediction), ``train`` (the training loop), ``predict`` (the fold's patch predictions),
+``deploy`` (export for new slides). ``train`` and ``predict`` never import each other.
 The names below are imported from their submodules on first use, not here: ``classifier.deploy``
 (exporting the deployable model reruns on every theta change) must not pay for importing torch.
 """
@@ -12,9 +15,9 @@ _EXPORTS = {
     "PatchClassifier": "model",
     "build_classifier": "model",
     "load_classifier": "model",
-    "predict_probs": "predict",
+    "predict_probs": "model",
     "predict_tiles": "predict",
-    "ClassifierConfig": "train",
+    "ClassifierConfig": "config",
     "train_classifier": "train",
 }
 __all__ = ["CLASSES", "ClassifierConfig", "PatchClassifier", "build_classifier", "load_classifier", "predict_probs",

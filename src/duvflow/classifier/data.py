@@ -3,8 +3,9 @@
 Real patches come from the slides' packed stores (400 px at paper scale), synthetic patches from
 the PNGs of one LDM condition (``synthetic/{cond}/fold_{fold}/`` + ``manifest.parquet``); both are
 resized with antialiasing to the classifier's input size, then augmented (flips, rot90, colour
-jitter). Every sample's augmentation is drawn from its own seed, fixed by the epoch's sample order,
-so a resumed run sees exactly the data an uninterrupted run would (with any number of workers).
+jitter). Every sample's augmentation is drawn from its own seed, fixed with the step's batch
+(:func:`batch_order`), so a resumed run sees exactly the data an uninterrupted run would (with
+any number of workers).
 
 :func:`check_no_leakage` enforces the evaluation's rule: no patch of a fold's test slides, real or
 as the source of a synthetic patch, reaches that fold's training or validation.
@@ -12,7 +13,6 @@ as the source of a synthetic patch, reaches that fold's training or validation.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -21,16 +21,19 @@ import numpy as np
 import pandas as pd
 import torch
 
+from duvflow.classifier.config import ClassifierAugmentConfig
 from duvflow.core.labels import label_to_int
 from duvflow.core.patches import resize_batch, to_float_tensor
 from duvflow.core.stain import stain_jitter
 from duvflow.slides.store import PatchStore
+from duvflow.train.batches import StepBatches
 
 __all__ = [
-    "AugmentConfig",
     "LeakageError",
     "PatchImages",
     "augment",
+    "batch_keys",
+    "batch_order",
     "check_no_leakage",
     "epoch_batches",
     "load_synthetic",
@@ -41,22 +44,6 @@ _log = logging.getLogger(__name__)
 
 class LeakageError(ValueError):
     """A fold's test slide (or a synthetic patch made from one) would enter its training."""
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """The ``classifier.augment`` config section (applied to training images only)."""
-
-    hflip: bool = True
-    vflip: bool = True
-    rot90: bool = True
-    brightness: float = 0.1
-    contrast: float = 0.1
-    saturation: float = 0.1
-    hue: float = 0.02
-    stain: str = "none"  # stain jitter (duvflow.core.stain): none | hed | fluorescence
-    stain_scale: float = 0.05
-    stain_shift: float = 0.005
 
 
 def load_synthetic(path: str | os.PathLike) -> pd.DataFrame:
@@ -107,7 +94,7 @@ def check_no_leakage(split: pd.DataFrame, fold: str, train_slides, val_slides, s
                          "optimistic", fold, int(synthetic["source_slide"].isin(from_val).sum()), ", ".join(from_val[:5]))
 
 
-def augment(image: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+def augment(image: torch.Tensor, cfg: ClassifierAugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Random flips, rot90 and colour jitter of a float (3, H, W) image in [0, 1], drawn from ``generator``."""
     import torchvision.transforms.v2.functional as TF
 
@@ -146,7 +133,7 @@ class PatchImages:
     """
 
     def __init__(self, real: pd.DataFrame | None, synthetic: pd.DataFrame | None, size: int,
-                 augment_cfg: AugmentConfig | None = None):
+                 augment_cfg: ClassifierAugmentConfig | None = None):
         real = real if real is not None else pd.DataFrame(columns=["store", "patch_index", "label_int"])
         synthetic = synthetic if synthetic is not None else pd.DataFrame(columns=["file", "label_int"])
         self._stores_paths = real["store"].to_numpy()
@@ -203,25 +190,31 @@ class PatchImages:
         return image, int(self.labels[i])
 
 
-def epoch_batches(labels: np.ndarray, batch_size: int, *, seed: int, epoch: int, balance: bool) -> list[list[tuple[int, int]]]:
-    """The epoch's batches of ``(index, augmentation seed)``, determined by ``(seed, epoch)``.
+def batch_order(labels: np.ndarray, batch_size: int, *, seed: int, balance: bool) -> StepBatches:
+    """The training batches of every step, a function of ``(seed, step)`` (resumable exactly).
 
     ``balance`` draws samples with replacement with probability inversely proportional to their
-    class size (each class then contributes equally on average); otherwise a permutation. An epoch
-    has ``max(1, n // batch_size)`` full batches (the remainder is dropped; it differs each epoch).
+    class size (each class then contributes equally on average); otherwise permutations. An epoch
+    has ``max(1, n // batch_size)`` full batches of at most ``n`` samples (the remainder is dropped;
+    it differs each epoch).
     """
     n = len(labels)
     if n == 0:
         raise ValueError("the training set is empty")
-    rng = np.random.default_rng([seed, epoch])
-    batch = min(batch_size, n)
-    steps = max(1, n // batch)
+    weights = None
     if balance:
         counts = np.bincount(labels, minlength=2).astype(float)
-        p = 1.0 / counts[labels]
-        order = rng.choice(n, size=steps * batch, replace=True, p=p / p.sum())
-    else:
-        order = rng.permutation(n)[: steps * batch]
-    seeds = rng.integers(0, 2**62, size=len(order))
-    return [list(zip(order[s * batch:(s + 1) * batch].tolist(), seeds[s * batch:(s + 1) * batch].tolist(),
-                     strict=True)) for s in range(steps)]
+        weights = 1.0 / counts[labels]
+    return StepBatches(n, min(batch_size, n), seed, weights=weights)
+
+
+def batch_keys(order: StepBatches, step: int) -> list[tuple[int, int]]:
+    """Step ``step``'s batch as :class:`PatchImages` keys: ``(index, augmentation seed)`` pairs."""
+    return list(zip(order(step).tolist(), order.seeds(step), strict=True))
+
+
+def epoch_batches(labels: np.ndarray, batch_size: int, *, seed: int, epoch: int,
+                  balance: bool) -> list[list[tuple[int, int]]]:
+    """The batch keys of every step of epoch ``epoch`` (see :func:`batch_order`)."""
+    order = batch_order(labels, batch_size, seed=seed, balance=balance)
+    return [batch_keys(order, s) for s in range(epoch * order.per_epoch, (epoch + 1) * order.per_epoch)]

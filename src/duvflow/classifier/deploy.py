@@ -153,7 +153,7 @@ def predict_slides(*, slides: Sequence[str | os.PathLike], model: str | os.PathL
 def _predict_one(sid: str, path: Path, net, meta: dict, tiling: dict, out_dir: Path, *, batch_size: int, device,
                  num_workers: int, keep_tiles: bool, threads: int) -> pd.DataFrame | None:
     from duvflow.classifier.data import PatchImages
-    from duvflow.classifier.predict import predict_probs
+    from duvflow.classifier.model import predict_probs
     from duvflow.slides.tiling import tile_slide
 
     tiles_dir = out_dir / "tiles"

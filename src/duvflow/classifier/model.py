@@ -11,15 +11,17 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from duvflow.core.backbone import create_backbone, timm_layer_kwargs
-from duvflow.core.io import read_json
+from duvflow.core.io import read_json, write_json
 from duvflow.core.labels import LABELS
-from duvflow.train.checkpoint import load_weights
+from duvflow.core.runtime import autocast, ignore_sigterm, progress
+from duvflow.train.checkpoint import load_weights, save_weights
 
-__all__ = ["CLASSES", "PatchClassifier", "build_classifier", "load_classifier"]
+__all__ = ["CLASSES", "PatchClassifier", "build_classifier", "load_classifier", "predict_probs", "save_classifier"]
 
 _log = logging.getLogger(__name__)
 CLASSES = LABELS  # output index = integer label
@@ -77,3 +79,30 @@ def load_classifier(folder: str | os.PathLike, device: str | torch.device = "cpu
     state = load_weights(weights)
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), meta
+
+
+def save_classifier(state_dict: dict, weights: str | os.PathLike, meta_path: str | os.PathLike, meta: dict) -> None:
+    """Write a trained classifier as :func:`load_classifier` reads it (safetensors + JSON metadata)."""
+    save_weights(state_dict, weights, metadata={"arm": str(meta.get("arm")), "fold": str(meta.get("fold")),
+                                                "model": meta["model"]})
+    write_json(meta, meta_path)
+
+
+@torch.no_grad()
+def predict_probs(model: PatchClassifier, images, *, batch_size: int, device: torch.device,
+                  mixed_precision: bool = True, num_workers: int = 0, desc: str = "predict") -> np.ndarray:
+    """Malignancy probability of every image of ``images`` (no augmentation), in order."""
+    from torch.utils.data import DataLoader
+
+    if len(images) == 0:
+        return np.zeros(0, dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda", worker_init_fn=ignore_sigterm if num_workers else None)
+    out = []
+    for x, _ in progress(loader, desc=desc, unit="batch", leave=False):
+        with autocast(device, mixed_precision):
+            out.append(model.predict_proba(x.to(device, non_blocking=True)).cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy().astype(np.float32)

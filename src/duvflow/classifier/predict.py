@@ -6,50 +6,27 @@ import logging
 import os
 from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
-import torch
 
+from duvflow.classifier.config import ClassifierConfig
 from duvflow.classifier.data import LeakageError, PatchImages
-from duvflow.classifier.model import PatchClassifier, load_classifier
+from duvflow.classifier.model import load_classifier, predict_probs
+from duvflow.core.config import from_dict
 from duvflow.core.io import write_parquet
 from duvflow.core.patches import attach_split, load_patch_index
-from duvflow.core.runtime import autocast, configure_threads, progress, select_device
+from duvflow.core.runtime import configure_threads, select_device
 
-__all__ = ["predict_probs", "predict_tiles"]
+__all__ = ["predict_tiles"]
 
 _log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
-def predict_probs(model: PatchClassifier, images: PatchImages, *, batch_size: int, device: torch.device,
-                  bf16: bool = True, num_workers: int = 0, desc: str = "predict") -> np.ndarray:
-    """Malignancy probability of every image of ``images`` (no augmentation), in order."""
-    from torch.utils.data import DataLoader
-
-    if len(images) == 0:
-        return np.zeros(0, dtype=np.float32)
-    was_training = model.training
-    model.eval()
-    loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
-    out = []
-    for x, _ in progress(loader, desc=desc, unit="batch", leave=False):
-        with autocast(device, bf16):
-            out.append(model.predict_proba(x.to(device, non_blocking=True)).cpu())
-    model.train(was_training)
-    return torch.cat(out).numpy().astype(np.float32)
-
-
 def predict_tiles(*, model_dir: str | os.PathLike, tables: Sequence[str], stores: Sequence[str],
                   statuses: Sequence[str], splits: str | os.PathLike, fold: str, output: str | os.PathLike,
-                  config: dict, threads: int | None = None) -> pd.DataFrame:
+                  classifier: dict, threads: int | None = None) -> pd.DataFrame:
     """Write ``slide_id, patch_index, x, y, role, prob`` for every patch of the fold's val and test
     slides (validation predictions let aggregation choose theta without touching test slides)."""
-    from duvflow.classifier.train import ClassifierConfig
-    from duvflow.core.config import from_dict
-
-    cfg = from_dict(ClassifierConfig, config, "classifier")
+    cfg = from_dict(ClassifierConfig, classifier, "classifier")
     configure_threads(threads)
     device = select_device(cfg.device)
     model, meta = load_classifier(model_dir, device)
@@ -61,7 +38,8 @@ def predict_tiles(*, model_dir: str | os.PathLike, tables: Sequence[str], stores
     if leaked:
         raise LeakageError(f"{model_dir} was trained on test slide(s) {', '.join(leaked)} of fold {fold}")
     images = PatchImages(index, None, meta["img_size"])
-    probs = predict_probs(model, images, batch_size=cfg.eval_batch_size, device=device, bf16=cfg.bf16,
+    probs = predict_probs(model, images, batch_size=cfg.eval_batch_size, device=device,
+                          mixed_precision=cfg.mixed_precision,
                           num_workers=cfg.num_workers, desc=f"predict fold {fold}")
     table = index[["slide_id", "patch_index", "x", "y", "role"]].assign(prob=probs)
     write_parquet(table, output, metadata={"model": str(model_dir), "fold": str(fold), "arm": str(meta.get("arm"))})

@@ -5,10 +5,11 @@ One readable loop in the diffusers-example order: seed -> data (real training pa
 steps (autocast, clip, step, log, checkpoint every N) -> validation on the fold's validation
 slides with a slide-level metric (model selection) -> final save of the selected weights.
 
-Resumable: numbered checkpoints (model, optimizer, best weights so far, history, step) go to an
-undeclared sibling folder via :class:`duvflow.train.checkpoint.CheckpointManager`; a rerun with the same
-settings continues from the newest one. Because every epoch's sample order and every sample's
-augmentation are functions of ``(seed, epoch)``, a resumed run trains exactly as an uninterrupted one.
+Resumable through the training harness (:class:`duvflow.train.harness.TrainingRun`): numbered
+checkpoints (model, optimizer, best weights so far, history, step) go to an undeclared sibling
+folder; a rerun whose result-relevant settings are unchanged continues from the newest one.
+Because every step's samples and every sample's augmentation are functions of ``(seed, step)``,
+a resumed run trains exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -26,62 +27,25 @@ import pandas as pd
 import torch
 from torch import nn
 
-from duvflow.classifier.data import AugmentConfig, PatchImages, check_no_leakage, epoch_batches, load_synthetic
-from duvflow.classifier.model import CLASSES, build_classifier
-from duvflow.classifier.predict import predict_probs
+from duvflow.classifier.config import ClassifierConfig
+from duvflow.classifier.data import PatchImages, batch_keys, batch_order, check_no_leakage, load_synthetic
+from duvflow.classifier.model import CLASSES, build_classifier, predict_probs, save_classifier
 from duvflow.core.backbone import initial_weights
 from duvflow.core.config import from_dict
-from duvflow.core.io import write_csv, write_json
+from duvflow.core.metrics import roc_auc
 from duvflow.core.patches import attach_split, load_patch_index
 from duvflow.core.provenance import code_version
-from duvflow.core.runtime import autocast, configure_threads, progress, seed_everything
-from duvflow.evaluate.evaluation import roc_auc
-from duvflow.ssl.schedules import cosine_value
-from duvflow.train.checkpoint import CheckpointManager, restore_rng_state, rng_state, save_weights
-from duvflow.train.distributed import all_reduce_mean, init_distributed, shard_batches, wrap_model
+from duvflow.core.runtime import progress
+from duvflow.core.splits import read_splits
+from duvflow.train.distributed import all_reduce_mean, shard_batches
+from duvflow.train.harness import TrainingRun
+from duvflow.train.schedules import cosine_value
 
-__all__ = ["ClassifierConfig", "classifier_seed", "train_classifier"]
+__all__ = ["classifier_seed", "train_classifier"]
 
 _log = logging.getLogger(__name__)
-SELECTION_METRICS = ("slide_auc", "slide_loss")
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassifierConfig:
-    """The ``classifier`` config section (see the schema for each key's meaning)."""
-
-    model: str = "vit_base_patch16_224"
-    model_kwargs: dict = dataclasses.field(default_factory=dict)
-    weights: str | None = None
-    init: str = "random"  # pretrained | dino | random (duvflow.core.backbone.initial_weights)
-    img_size: int = 224
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 5e-5
-    min_lr: float = 1e-6
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    grad_clip: float = 1.0
-    label_smoothing: float = 0.1
-    balance: str = "sampler"
-    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
-    selection_metric: str = "slide_auc"
-    val_max_patches_per_slide: int | None = None
-    eval_batch_size: int = 128
-    preload: bool = False
-    checkpoint_every: int = 500
-    checkpoints_keep: int = 2
-    num_workers: int = 4
-    device: str = "auto"
-    bf16: bool = True
-
-    def __post_init__(self):
-        if self.balance not in ("sampler", "loss", "none"):
-            raise ValueError(f"classifier.balance must be sampler, loss or none, got {self.balance!r}")
-        if self.selection_metric not in SELECTION_METRICS:
-            raise ValueError(f"classifier.selection_metric must be one of {SELECTION_METRICS}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("classifier.epochs and classifier.batch_size must be >= 1")
+HISTORY_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_patch_loss", "val_patch_accuracy", "val_slide_auc",
+                   "val_slide_loss", "selected", "seconds")
 
 
 def classifier_seed(seed: int, fold: str) -> int:
@@ -102,7 +66,7 @@ def _validate(model, val: pd.DataFrame, images: PatchImages, cfg: ClassifierConf
     if len(val) == 0:
         return {"val_patch_loss": math.nan, "val_patch_accuracy": math.nan, "val_slide_auc": math.nan,
                 "val_slide_loss": math.nan}
-    probs = predict_probs(model, images, batch_size=cfg.eval_batch_size, device=device, bf16=cfg.bf16,
+    probs = predict_probs(model, images, batch_size=cfg.eval_batch_size, device=device, mixed_precision=cfg.mixed_precision,
                           num_workers=cfg.num_workers, desc="validate").astype(np.float64)
     y = val["label_int"].to_numpy()
     eps = 1e-6
@@ -124,31 +88,13 @@ def _selection_key(metrics: dict[str, float], metric: str) -> tuple[float, float
     return (-math.inf if math.isnan(auc) else auc, -math.inf if math.isnan(loss) else -loss)
 
 
-def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequence[str],
-                     splits: str | os.PathLike, fold: str, arm: str, model_output: str | os.PathLike,
-                     meta_output: str | os.PathLike, metrics_output: str | os.PathLike,
-                     checkpoint_dir: str | os.PathLike, config: dict, seed: int,
-                     synthetic: str | os.PathLike | None = None, tiling: dict | None = None,
-                     threads: int | None = None, teacher: str | os.PathLike | None = None) -> dict:
-    """Train the classifier of ``arm`` on ``fold``; write weights, metadata JSON and metrics CSV.
-
-    ``synthetic`` is the arm's synthetic set (folder with ``manifest.parquet``; None for ``real``).
-    ``teacher`` is the fold's DINO teacher (``teacher.safetensors``), the start when ``init`` is dino.
-    ``tiling`` (the tiling config) is stored in the metadata so new slides can be tiled alike.
-    """
-    cfg = from_dict(ClassifierConfig, config, "classifier")
-    configure_threads(threads)
-    run_seed = classifier_seed(seed, fold)
-    seed_everything(run_seed)
-    # one process, or one of several under torchrun (rule gpu > 1): the batch size stays global
-    ctx = init_distributed(cfg.device)
-    device = ctx.device
-
-    # data: the fold's real training patches (+ synthetic set), validation patches, leakage check
-    split = pd.read_csv(splits, dtype=str, keep_default_na=False)
+def _fold_data(tables, stores, statuses, splits, fold: str, synthetic, cfg: ClassifierConfig, seed: int) -> dict:
+    """The fold's real training patches (+ the arm's synthetic set) and validation patches, checked
+    for leakage (no test slide, or synthetic patch made from one, may enter)."""
+    split = read_splits(splits)
     index = attach_split(load_patch_index(tables, stores, statuses), split, fold)
     real = index[index["role"] == "train"].reset_index(drop=True)
-    val = _select_val(index[index["role"] == "val"], cfg.val_max_patches_per_slide, run_seed)
+    val = _select_val(index[index["role"] == "val"], cfg.val_max_patches_per_slide, seed)
     synth = load_synthetic(synthetic) if synthetic else None
     check_no_leakage(split, fold, real["slide_id"].unique(), val["slide_id"].unique(), synth)
     train_set = PatchImages(real, synth, cfg.img_size, cfg.augment)
@@ -160,119 +106,155 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
     if (counts == 0).any():
         raise ValueError(f"fold {fold}: the training set has no {CLASSES[int(np.argmin(counts))]} patches")
     n_synth = 0 if synth is None else len(synth)
-    _log.info("fold %s arm %s: %d training patches (%d real from %d slides, %d synthetic; %s), %d validation "
-              "patches from %d slides", fold, arm, len(train_set), len(real), real["slide_id"].nunique(), n_synth,
+    _log.info("fold %s: %d training patches (%d real from %d slides, %d synthetic; %s), %d validation "
+              "patches from %d slides", fold, len(train_set), len(real), real["slide_id"].nunique(), n_synth,
               ", ".join(f"{c} {n}" for c, n in zip(CLASSES, counts, strict=True)), len(val),
               val["slide_id"].nunique())
     if len(val) == 0:
         _log.warning("fold %s has no validation slides: the last epoch's weights are kept", fold)
+    return {"real": real, "val": val, "n_synth": n_synth, "train_set": train_set, "val_set": val_set,
+            "counts": counts}
 
-    # model, optimizer, loss
-    model = build_classifier(cfg.model, img_size=cfg.img_size, **initial_weights(cfg.init, cfg.weights, teacher),
-                             model_kwargs=cfg.model_kwargs).to(device)
-    model_ddp = wrap_model(model, ctx)  # training forward only; validation and saving use `model`
+
+class _Selection:
+    """The epoch's running training loss and, at the end of every epoch, validation and model
+    selection (the best weights so far)."""
+
+    def __init__(self, cfg: ClassifierConfig, val: pd.DataFrame, val_set: PatchImages, run: TrainingRun):
+        self.cfg, self.val, self.val_set, self.run = cfg, val, val_set, run
+        self.key, self.epoch, self.state = (-math.inf, -math.inf), -1, None
+        self.running = [0.0, 0]  # loss sum, batches of the current epoch
+        self.started = time.monotonic()
+
+    def extra(self) -> dict:
+        """What a checkpoint must hold besides models and optimizer."""
+        return {"running": self.running, "best_key": list(self.key), "best_epoch": self.epoch,
+                "best_state": self.state}
+
+    def restore(self, extra: dict) -> None:
+        if extra:
+            self.running, self.key = extra["running"], tuple(extra["best_key"])
+            self.epoch, self.state = extra["best_epoch"], extra["best_state"]
+
+    def add_loss(self, loss: float) -> float:
+        """Add a step's loss; returns the epoch's mean so far."""
+        self.running = [self.running[0] + loss, self.running[1] + 1]
+        return self.running[0] / self.running[1]
+
+    def end_epoch(self, model, epoch: int, step: int, lr: float) -> None:
+        train_loss = self.running[0] / max(self.running[1], 1)
+        self.running = [0.0, 0]
+        metrics = _validate(model, self.val, self.val_set, self.cfg, self.run.device)
+        key = _selection_key(metrics, self.cfg.selection_metric)
+        selected = key > self.key or self.state is None or len(self.val) == 0
+        if selected:
+            self.key, self.epoch = key, epoch
+            self.state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        self.run.log(epoch=epoch, step=step, lr=lr, train_loss=train_loss, **metrics, selected=bool(selected),
+                     seconds=round(time.monotonic() - self.started, 2))
+        _log.info("epoch %d/%d: train loss %.4f, val slide AUC %.3f, val slide loss %.4f%s", epoch + 1, self.cfg.epochs,
+                  train_loss, metrics["val_slide_auc"], metrics["val_slide_loss"], " (best so far)" if selected else "")
+
+
+def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequence[str],
+                     splits: str | os.PathLike, fold: str, arm: str, model_output: str | os.PathLike,
+                     meta_output: str | os.PathLike, metrics_output: str | os.PathLike,
+                     checkpoint_dir: str | os.PathLike, classifier: dict, seed: int,
+                     synthetic: str | os.PathLike | None = None, tiling: dict | None = None,
+                     threads: int | None = None, teacher: str | os.PathLike | None = None) -> dict:
+    """Train the classifier of ``arm`` on ``fold``; write weights, metadata JSON and metrics CSV.
+
+    ``synthetic`` is the arm's synthetic set (folder with ``manifest.parquet``; None for ``real``).
+    ``teacher`` is the fold's DINO teacher (``teacher.safetensors``), the start when ``init`` is dino.
+    ``tiling`` (the tiling config) is stored in the metadata so new slides can be tiled alike.
+    """
     from timm.optim import create_optimizer_v2
 
+    cfg = from_dict(ClassifierConfig, classifier, "classifier")
+    run_seed = classifier_seed(seed, fold)
+    data = _fold_data(tables, stores, statuses, splits, fold, synthetic, cfg, run_seed)
+    train_set, counts, train_slides = data["train_set"], data["counts"], sorted(data["real"]["slide_id"].unique())
+    run = TrainingRun("classifier", cfg, checkpoint_dir=checkpoint_dir, seed=run_seed, threads=threads,
+                      metric_columns=HISTORY_COLUMNS,
+                      identity={"seed": run_seed, "fold": str(fold), "arm": arm, "n_train": len(train_set),
+                                "n_val": len(data["val"]), "train_slides": train_slides})
+    device = run.device
+    model = build_classifier(cfg.model, img_size=cfg.img_size, **initial_weights(cfg.init, cfg.weights, teacher),
+                             model_kwargs=cfg.model_kwargs).to(device)
+    model_ddp = run.wrap(model)  # training forward only; validation and saving use `model`
     optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
     weight = torch.tensor(counts.sum() / (2.0 * counts), dtype=torch.float32) if cfg.balance == "loss" else None
     loss_fn = nn.CrossEntropyLoss(weight=weight.to(device) if weight is not None else None,
                                   label_smoothing=cfg.label_smoothing)
-    steps_per_epoch = len(epoch_batches(train_set.labels, cfg.batch_size, seed=run_seed, epoch=0,
-                                        balance=cfg.balance == "sampler"))
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    order = batch_order(train_set.labels, cfg.batch_size, seed=run_seed, balance=cfg.balance == "sampler")
+    spe = order.per_epoch
+    total, warmup = cfg.epochs * spe, round(cfg.warmup_epochs * spe)
+    selection = _Selection(cfg, data["val"], data["val_set"], run)
+    run.track(model=model, optimizer=optimizer)
+    extra = run.resume()
+    selection.restore(extra)
 
-    # resume
-    run_config = {"config": dataclasses.asdict(cfg), "seed": run_seed, "fold": str(fold), "arm": arm,
-                  "n_train": len(train_set), "n_val": len(val), "train_slides": sorted(real["slide_id"].unique())}
-    ckpt = CheckpointManager(checkpoint_dir, run_config, keep=cfg.checkpoints_keep)
-    step, history, best = 0, [], {"key": (-math.inf, -math.inf), "epoch": -1, "state": None}
-    running = [0.0, 0]  # loss sum, batches of the current epoch
-    state = ckpt.load_latest()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, history, running = state["step"], state["history"], state["running"]
-        best = {"key": tuple(state["best_key"]), "epoch": state["best_epoch"], "state": state["best_state"]}
-        restore_rng_state(state["rng"])
-
-    def save_checkpoint() -> None:
-        if not ctx.is_main:
-            return
-        ckpt.save(step, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
-                         "running": running, "best_key": list(best["key"]), "best_epoch": best["epoch"],
-                         "best_state": best["state"], "rng": rng_state()})
-
-    from torch.utils.data import DataLoader
-
+    loader = run.loader(train_set, shard_batches(order.sampler(run.start, total, key=lambda st, _: batch_keys(order, st)),
+                                                 run.ctx), num_workers=cfg.num_workers, seed=run_seed)
     model.train()
-    bar = progress(total=total_steps, initial=step, desc=f"train {arm} fold {fold}", unit="step")
-    started = time.monotonic()
-    for epoch in range(step // steps_per_epoch, cfg.epochs):
-        batches = epoch_batches(train_set.labels, cfg.batch_size, seed=run_seed, epoch=epoch,
-                                balance=cfg.balance == "sampler")[step - epoch * steps_per_epoch:]
-        loader = DataLoader(train_set, batch_sampler=shard_batches(batches, ctx), num_workers=cfg.num_workers,
-                            pin_memory=device.type == "cuda")
-        for x, y in loader:
-            lr = cosine_value(step, total_steps, cfg.lr, cfg.min_lr, warmup_steps, warmup_start=0.0)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast(device, cfg.bf16):
-                logits = model_ddp(x)
-            loss = loss_fn(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"fold {fold} arm {arm}: loss is {loss.item()} at step {step}; "
-                                         "lower classifier.lr or check the input patches")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            step += 1
-            running = [running[0] + float(all_reduce_mean(loss.detach().float())), running[1] + 1]
-            bar.update(1)
-            bar.set_postfix(loss=f"{running[0] / running[1]:.4f}", lr=f"{lr:.2e}")
-            if step % cfg.checkpoint_every == 0 and step % steps_per_epoch:
-                save_checkpoint()
-
-        # end of epoch: validation on the fold's validation slides, model selection
-        metrics = _validate(model, val, val_set, cfg, device)
-        key = _selection_key(metrics, cfg.selection_metric)
-        improved = key > best["key"] or best["state"] is None
-        if improved or len(val) == 0:
-            best = {"key": key, "epoch": epoch,
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        history.append({"epoch": epoch, "step": step, "lr": lr, "train_loss": running[0] / max(running[1], 1),
-                        **metrics, "selected": bool(improved or len(val) == 0),
-                        "seconds": round(time.monotonic() - started, 2)})
-        running = [0.0, 0]
-        _log.info("epoch %d/%d: train loss %.4f, val slide AUC %.3f, val slide loss %.4f%s", epoch + 1, cfg.epochs,
-                  history[-1]["train_loss"], metrics["val_slide_auc"], metrics["val_slide_loss"],
-                  " (best so far)" if history[-1]["selected"] else "")
-        save_checkpoint()
+    bar = progress(total=total, initial=run.start, desc=f"train {arm} fold {fold}", unit="step")
+    for step, (x, y) in run.steps(total, loader, extra=selection.extra,
+                                  checkpoint_when=lambda done: done % spe == 0 and done < total):
+        lr = cosine_value(step, total, cfg.lr, cfg.min_lr, warmup, warmup_start=0.0)
+        loss = _train_step(model, model_ddp, optimizer, loss_fn, x, y, lr, cfg, run)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"fold {fold} arm {arm}: loss is {loss.item()} at step {step}; "
+                                     "lower classifier.lr or check the input patches")
+        mean_loss = selection.add_loss(float(all_reduce_mean(loss.float())))
+        bar.update(1)
+        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+        if (step + 1) % spe == 0:  # end of epoch: validation on the fold's validation slides, selection
+            selection.end_epoch(model, step // spe, step + 1, lr)
     bar.close()
+    return _finish(run, cfg, model, selection, data, arm=arm, fold=fold, seed=run_seed, tiling=tiling, total=total,
+                   model_output=model_output, meta_output=meta_output, metrics_output=metrics_output)
 
-    # final save: the selected weights, their metadata, the training curve
-    best_row = next(r for r in history if r["epoch"] == best["epoch"])
+
+def _train_step(model, model_ddp, optimizer, loss_fn, x, y, lr: float, cfg: ClassifierConfig,
+                run: TrainingRun) -> torch.Tensor:
+    """One optimisation step at learning rate ``lr``; returns the detached loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+    with run.autocast():
+        logits = model_ddp(x)
+    loss = loss_fn(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
+def _finish(run: TrainingRun, cfg: ClassifierConfig, model, selection: _Selection, data: dict, *, arm, fold, seed,
+            tiling, total, model_output, meta_output, metrics_output) -> dict:
+    """Final save (rank 0): the selected weights, their metadata, the training curve."""
+    real, val, counts = data["real"], data["val"], data["counts"]
+    best_row = next(r for r in run.rows if r["epoch"] == selection.epoch)
     meta = {
         "model": cfg.model, "model_kwargs": dict(cfg.model_kwargs), "img_size": cfg.img_size, "classes": list(CLASSES),
         "mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist(),
         "resize": "antialiased bilinear from the stored patch size to img_size",
-        "arm": arm, "fold": str(fold), "seed": run_seed, "init_weights": cfg.weights, "init": cfg.init,
+        "arm": arm, "fold": str(fold), "seed": seed, "init_weights": cfg.weights, "init": cfg.init,
         "train_slides": sorted(real["slide_id"].unique()), "val_slides": sorted(val["slide_id"].unique()),
-        "n_train_real": len(real), "n_train_synthetic": n_synth, "class_counts": dict(zip(CLASSES, counts.tolist(),
-                                                                                       strict=True)),
-        "selected_epoch": best["epoch"], "selection_metric": cfg.selection_metric,
+        "n_train_real": len(real), "n_train_synthetic": data["n_synth"],
+        "class_counts": dict(zip(CLASSES, counts.tolist(), strict=True)),
+        "selected_epoch": selection.epoch, "selection_metric": cfg.selection_metric,
         "selection": {k: best_row[k] for k in ("val_slide_auc", "val_slide_loss", "val_patch_loss")},
-        "steps": step, "tiling": tiling, "config": dataclasses.asdict(cfg), "duvflow_version": code_version(),
+        "steps": total, "tiling": tiling,
+        "config": dataclasses.asdict(cfg), "duvflow_version": code_version(),
     }
-    if not ctx.is_main:  # every rank selected the same weights; rank 0 writes them
+    if not run.is_main:  # every rank selected the same weights; rank 0 writes them
         return meta
-    save_weights(best["state"], model_output, metadata={"arm": arm, "fold": str(fold), "model": cfg.model})
-    write_json(meta, meta_output)
-    write_csv(pd.DataFrame(history), metrics_output)
-    ckpt.clear()
-    _log.info("fold %s arm %s: kept epoch %d of %d (%s)", fold, arm, best["epoch"] + 1, cfg.epochs,
+    save_classifier(selection.state, model_output, meta_output, meta)
+    run.write_metrics(metrics_output)
+    run.finish()
+    _log.info("fold %s arm %s: kept epoch %d of %d (%s)", fold, arm, selection.epoch + 1, cfg.epochs,
               ", ".join(f"{k} {v:.4g}" for k, v in meta["selection"].items()))
     return meta

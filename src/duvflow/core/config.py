@@ -25,7 +25,8 @@ RUNTIME_KEYS: dict[str, frozenset[str]] = {
     "ldm": frozenset({"checkpoint_every", "checkpoints_keep", "log_every", "device"}),
     "sampling": frozenset({"batch_size", "device"}),
     "fidelity": frozenset({"batch_size", "device"}),
-    "classifier": frozenset({"eval_batch_size", "checkpoint_every", "checkpoints_keep", "num_workers", "device"}),
+    "classifier": frozenset({"eval_batch_size", "checkpoint_every", "checkpoints_keep", "num_workers", "preload",
+                              "device"}),
 }
 
 

@@ -10,10 +10,11 @@ import contextlib
 import logging
 import os
 import random
+import signal
 import sys
 import warnings
 
-__all__ = ["autocast", "configure_threads", "exit_on_sigterm", "progress", "seed_everything", "select_device",
+__all__ = ["autocast", "configure_threads", "exit_on_sigterm", "ignore_sigterm", "progress", "seed_everything", "select_device",
            "setup_logging"]
 
 _log = logging.getLogger(__name__)
@@ -84,16 +85,19 @@ def select_device(preferred: str = "auto"):
 
 
 def autocast(device, enabled: bool = True):
-    """bf16 autocast on CUDA cards that support it; a no-op context elsewhere.
-
-    CPU bf16 autocast is faster for inference but changes training numerics; callers that want
-    it on the CPU pass ``cpu_bf16=True`` through :func:`autocast_cpu` instead.
-    """
+    """bf16 autocast on CUDA cards that support it (the configs' ``mixed_precision``); a no-op
+    context elsewhere: CPU bf16 autocast would change training numerics for little gain."""
     import torch
 
     if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def ignore_sigterm(_worker_id: int | None = None) -> None:
+    """DataLoader ``worker_init_fn``: a SIGTERM sent to the whole job (SLURM time-out, ``scancel``)
+    is left to the main process, which checkpoints before the workers are shut down."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def seed_everything(seed: int) -> None:

@@ -1,44 +1,14 @@
-"""Small helpers shared by the VAE and LDM loops: the live loss CSV, image conversions, grids."""
+"""Small helpers shared by the VAE and LDM stages: image conversions, grids, the version stamp."""
 
 from __future__ import annotations
 
-import csv
 import os
-from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MetricsLog", "run_metadata", "save_grid", "to_uint8"]
+from duvflow.core.io import atomic_path
 
-
-class MetricsLog:
-    """Loss rows appended to ``<checkpoint folder>/metrics.csv`` while training runs.
-
-    On resume the rows logged after the resumed checkpoint are dropped, so the final CSV has each
-    step once; the finished run copies the file into its output folder.
-    """
-
-    def __init__(self, path: str | os.PathLike, fields: list[str], resume_step: int = 0):
-        self.path = Path(path)
-        self.fields = fields
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        rows = []
-        if resume_step and self.path.is_file():
-            with open(self.path, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
-        with open(self.path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def log(self, **row) -> None:
-        with open(self.path, "a", newline="") as fh:
-            csv.DictWriter(fh, fieldnames=self.fields).writerow(row)
-
-    def read(self):
-        import pandas as pd
-
-        return pd.read_csv(self.path)
+__all__ = ["run_metadata", "save_grid", "to_uint8"]
 
 
 def to_uint8(images) -> np.ndarray:
@@ -50,8 +20,6 @@ def to_uint8(images) -> np.ndarray:
 def save_grid(images: np.ndarray, target: str | os.PathLike, ncol: int | None = None) -> None:
     """Tile uint8 (B, H, W, 3) images into one PNG (atomic)."""
     from PIL import Image
-
-    from duvflow.core.io import atomic_path
 
     b, h, w, _ = images.shape
     ncol = ncol or int(np.ceil(np.sqrt(b)))

@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from duvflow.core.patches import LABEL_TO_INT, attach_split, load_patch_index
+from duvflow.core.patches import attach_split, load_patch_index
 
-__all__ = ["StepBatches", "fold_training_patches", "read_embeddings", "read_latent_store", "write_latent_store"]
+__all__ = ["fold_training_patches", "read_latent_store", "write_latent_store"]
 
 _log = logging.getLogger(__name__)
-EMBEDDING_COLUMNS = ("slide_id", "patch_index", "label", "role", "embedding")
 
 
 def fold_training_patches(tables: Sequence[str], stores: Sequence[str], statuses: Sequence[str] | None,
@@ -38,33 +37,6 @@ def fold_training_patches(tables: Sequence[str], stores: Sequence[str], statuses
         raise ValueError(f"fold {fold} has no training patches (splits: {splits})")
     _log.info("fold %s: %d training patches from %d slides", fold, len(train), train["slide_id"].nunique())
     return train
-
-
-def read_embeddings(path: str | os.PathLike, role: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
-    """The embedding table as (metadata DataFrame, float32 (N, D) array), optionally one role only."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    missing = [c for c in EMBEDDING_COLUMNS if c not in table.column_names]
-    if missing:
-        raise ValueError(f"embedding table {path} lacks column(s) {', '.join(missing)}")
-    if role is not None:
-        table = table.filter(pc.equal(table["role"], role))
-    column = table.column("embedding").combine_chunks()
-    n = len(table)
-    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    if n and flat.size % n:
-        raise ValueError(f"embedding table {path}: the embeddings do not all have the same length")
-    embeddings = flat.reshape(n, -1 if n else 0)
-    meta = table.drop_columns(["embedding"]).to_pandas()
-    meta["patch_index"] = meta["patch_index"].astype("int64")
-    meta["slide_id"] = meta["slide_id"].astype(str)
-    unknown = set(meta["label"].unique()) - set(LABEL_TO_INT)
-    if unknown:
-        raise ValueError(f"embedding table {path}: unknown label(s) {sorted(unknown)}")
-    meta["label_int"] = meta["label"].map(LABEL_TO_INT).astype("int64")
-    return meta, embeddings
 
 
 def write_latent_store(path: str | os.PathLike, mean: np.ndarray, std: np.ndarray, index: pd.DataFrame,
@@ -107,26 +79,3 @@ def read_latent_store(path: str | os.PathLike, arrays: bool = True) -> dict:
             out["mean"] = torch.from_numpy(f["mean"][:].astype(np.float32))
             out["std"] = torch.from_numpy(f["std"][:].astype(np.float32))
     return out
-
-
-class StepBatches:
-    """Batch ``step`` of a run as a pure function of (seed, step): shuffled epochs without
-    replacement, so a resumed run draws exactly the batches the interrupted one would have."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        if n <= 0:
-            raise ValueError("no training samples")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.per_epoch = max(1, n // batch_size)
-        self._epoch, self._perm = -1, None
-
-    def __call__(self, step: int):
-        import torch
-
-        epoch, pos = divmod(step, self.per_epoch)
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-            need = self.per_epoch * self.batch_size
-            perms = [torch.randperm(self.n, generator=g) for _ in range(-(-need // self.n))]
-            self._epoch, self._perm = epoch, torch.cat(perms)[:need]
-        return self._perm[pos * self.batch_size:(pos + 1) * self.batch_size]

@@ -1,8 +1,4 @@
-"""Guided DDIM sampling and the synthetic patch folder.
-
-Each DDIM step (Song et al., ICLR 2021) runs the UNet ONCE on the concatenated
-[conditional, unconditional] batch and combines the halves with classifier-free guidance
-(Ho & Salimans, 2022): ``guided = uncond + w * (cond - uncond)``.
+"""The synthetic patch folder, sampled from a trained LDM with guided DDIM (:mod:`duvflow.ldm.model`).
 
 The synthetic folder ``synthetic/{cond}/fold_{fold}/`` holds PNG patches at the LDM resolution
 and ``manifest.parquet`` (``file`` relative to the folder, ``label``, ``source_slide``,
@@ -29,39 +25,16 @@ from duvflow.core.runtime import autocast, configure_threads, progress, select_d
 from duvflow.core.splits import fold_seed
 from duvflow.ldm.common import run_metadata, to_uint8
 from duvflow.ldm.config import SamplingConfig
-from duvflow.ldm.data import read_embeddings, read_latent_store
+from duvflow.ldm.data import read_latent_store
+from duvflow.ldm.model import guided_ddim, load_ldm
+from duvflow.ldm.vae import decode_latents, load_vae
+from duvflow.ssl.embed import read_embeddings
 
-__all__ = ["cfg_combine", "guided_ddim", "plan_synthetic", "sample_images", "sample_synthetic", "synthetic_count"]
+__all__ = ["plan_synthetic", "sample_images", "sample_synthetic", "synthetic_count"]
 
 _log = logging.getLogger(__name__)
 INT_TO_LABEL = {v: k for k, v in LABEL_TO_INT.items()}
 MANIFEST = "manifest.parquet"
-
-
-def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, guidance: float) -> torch.Tensor:
-    """Classifier-free guidance: ``uncond + w * (cond - uncond)``."""
-    return uncond + guidance * (cond - uncond)
-
-
-def guided_ddim(unet, context: torch.Tensor, null_context: torch.Tensor, noise: torch.Tensor, scheduler,
-                steps: int, guidance: float, eta: float = 0.0, generator=None) -> torch.Tensor:
-    """Denoise ``noise`` (B, C, h, w) with ``steps`` DDIM steps and guidance ``guidance``.
-
-    One UNet call per step: on [x, x] with context [cond, null] (B each); at ``guidance == 1``
-    the unconditional half is not needed and the call runs on B samples only.
-    """
-    scheduler.set_timesteps(steps, device=noise.device)
-    x = noise * scheduler.init_noise_sigma
-    guided = guidance != 1.0
-    ctx = torch.cat([context, null_context.to(context.dtype)]) if guided else context
-    for t in scheduler.timesteps:
-        inp = scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
-        out = unet(inp, t, ctx, return_dict=False)[0]
-        if guided:
-            cond, uncond = out.chunk(2)
-            out = cfg_combine(cond, uncond, guidance)
-        x = scheduler.step(out.float(), t, x, eta=eta, generator=generator, return_dict=False)[0]
-    return x
 
 
 def synthetic_count(n_real: int, fraction: float) -> int:
@@ -98,8 +71,6 @@ def plan_synthetic(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 def sample_images(unet, encoder, vae, scheduler, conditions: torch.Tensor, seeds, *, steps: int, guidance: float,
                   eta: float = 0.0, latent_shape: tuple[int, int, int], device, mixed_precision: bool = True) -> np.ndarray:
     """uint8 (B, H, W, 3) samples for a batch of conditions; sample i starts from seed ``seeds[i]``."""
-    from duvflow.ldm.vae import decode_latents
-
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     noise = torch.stack([torch.randn(latent_shape, generator=g) for g in gens]).to(device)
     with autocast(device, mixed_precision):
@@ -110,15 +81,12 @@ def sample_images(unet, encoder, vae, scheduler, conditions: torch.Tensor, seeds
     return to_uint8(images)
 
 
-def sample_synthetic(*, model: str, vae: str, latents: str, output: str, condition: str, fold: str, cfg: dict,
+def sample_synthetic(*, model: str, vae: str, latents: str, output: str, condition: str, fold: str, sampling: dict,
                      seed: int, embeddings: str | None = None, threads: int = 1) -> None:
     """Write the synthetic patch folder ``output`` for one arm and fold."""
     from PIL import Image
 
-    from duvflow.ldm.train import load_ldm
-    from duvflow.ldm.vae import load_vae
-
-    cfg = from_dict(SamplingConfig, cfg, "sampling")
+    cfg = from_dict(SamplingConfig, sampling, "sampling")
     configure_threads(threads)
     seed = fold_seed(seed, fold)  # the same plan and noise in both arms
     device = select_device(cfg.device)

@@ -1,26 +1,26 @@
-"""Training of the conditional latent diffusion model (one loop for the SSL and the class arm).
+"""Training of the latent diffusion stage: the fold's VAE (:func:`train_vae`) and its conditional
+LDMs (:func:`train_ldm`, one loop for the SSL and the class arm), both on the training harness
+(:class:`duvflow.train.harness.TrainingRun`: seed, devices, resume, metrics, checkpoints).
 
-The denoiser is a diffusers ``UNet2DConditionModel`` whose cross-attention reads the context
-tokens of :class:`~duvflow.ldm.conditioning.ConditionEncoder`; it is trained on the fold's cached
-latents with the DDPM objective (epsilon or v prediction), classifier-free-guidance condition
-dropout, AdamW with warm-up, an EMA of the weights (UNet and condition encoder), gradient
-clipping and bf16 autocast on CUDA. The loop follows diffusers' ``train_text_to_image.py``:
-seed -> models -> EMA -> optimizer -> data -> schedule -> resume -> steps -> final save.
+The LDM (:mod:`duvflow.ldm.model`) is trained on the fold's cached latents with the DDPM objective
+(epsilon or v prediction), classifier-free-guidance condition dropout, AdamW with warm-up, an EMA
+of the weights (UNet and condition encoder), gradient clipping and bf16 autocast on CUDA, in the
+order of diffusers' ``train_text_to_image.py``: seed -> models -> EMA -> optimizer -> data ->
+schedule -> resume -> steps -> final save. Its output folder is the model folder plus
+``metrics.csv`` (loss per logged step) and ``samples/`` (grids drawn during training).
 
-The output folder is diffusers-loadable::
-
-    unet/        UNet2DConditionModel (EMA weights)
-    condition/   ConditionEncoder (EMA weights)
-    scheduler/   DDPMScheduler config (DDIMScheduler.from_pretrained reads it too)
-    ldm.json     condition kind, fold, latent shape, VAE folder, versions
-    metrics.csv  loss per logged step;  samples/  grids drawn during training
+Data-parallel runs (rule ``gpu`` > 1): every rank draws the same global batch (or loads its shard
+of it), gradients are averaged over ranks before clipping, and only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,57 +28,36 @@ import torch
 import torch.nn.functional as F
 
 from duvflow.core.config import from_dict
-from duvflow.core.io import atomic_path, read_json, write_json
-from duvflow.core.runtime import autocast, configure_threads, progress, seed_everything
+from duvflow.core.io import atomic_path, write_json
+from duvflow.core.patches import PatchDataset
+from duvflow.core.pretrained import is_hub_repo_id
+from duvflow.core.runtime import autocast, configure_threads, progress
 from duvflow.core.splits import fold_seed
-from duvflow.ldm.common import MetricsLog, run_metadata, save_grid, to_uint8
+from duvflow.ldm.common import run_metadata, save_grid, to_uint8
 from duvflow.ldm.conditioning import ConditionEncoder, drop_mask
-from duvflow.ldm.config import LdmConfig
-from duvflow.ldm.data import StepBatches, read_embeddings, read_latent_store
-from duvflow.train.checkpoint import CheckpointManager, restore_rng_state, rng_state
+from duvflow.ldm.config import LdmConfig, VaeConfig
+from duvflow.ldm.data import fold_training_patches, read_latent_store
+from duvflow.ldm.model import build_noise_scheduler, build_unet, guided_ddim, save_ldm
+from duvflow.ldm.vae import REFERENCE_FILE, build_vae, decode_latents, load_vae
+from duvflow.ssl.embed import read_embeddings
+from duvflow.train.batches import StepBatches
 from duvflow.train.distributed import (
     DistContext,
     all_reduce_gradients,
     all_reduce_mean,
-    init_distributed,
+    shard_batches,
     shard_tensors,
 )
+from duvflow.train.harness import TrainingRun
 
-__all__ = [
-    "CONDITIONS",
-    "build_noise_scheduler",
-    "build_unet",
-    "draw_batch",
-    "load_ldm",
-    "save_ldm",
-    "train_ldm",
-    "training_conditions",
-    "training_step",
-]
+__all__ = ["CONDITIONS", "draw_batch", "train_ldm", "train_vae", "training_conditions", "training_step"]
 
 _log = logging.getLogger(__name__)
 CONDITIONS = ("ssl", "class")
-
-
-def build_unet(cfg: LdmConfig, latent_channels: int, latent_size: int):
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=latent_size, in_channels=latent_channels, out_channels=latent_channels,
-        down_block_types=tuple(cfg.down_block_types), up_block_types=tuple(cfg.up_block_types),
-        mid_block_type=cfg.mid_block_type, block_out_channels=tuple(cfg.block_out_channels),
-        layers_per_block=cfg.layers_per_block, cross_attention_dim=cfg.cross_attention_dim,
-        attention_head_dim=cfg.attention_heads,  # diffusers' name; it is the number of heads
-        norm_num_groups=cfg.norm_num_groups,
-    )
-
-
-def build_noise_scheduler(cfg: LdmConfig):
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                         beta_start=cfg.beta_start, beta_end=cfg.beta_end, prediction_type=cfg.prediction_type,
-                         clip_sample=False)
+LDM_METRICS = ("step", "loss", "lr")
+VAE_METRICS = ("step", "loss", "recon", "kl", "lr")
+# the batch order's seed: a stream apart from the step generator's (seeded with the run seed)
+BATCH_SEED_STRIDE = 100_003
 
 
 def training_conditions(store: dict, condition: str, embeddings: str | None) -> torch.Tensor:
@@ -154,148 +133,236 @@ def training_step(unet, encoder, noise_scheduler, optimizer, lr_scheduler, ema, 
     return loss.detach()
 
 
-def train_ldm(*, latents: str, vae: str, output: str, checkpoint_dir: str, condition: str, fold: str, cfg: dict,
+class _ProgressGrids:
+    """Sample grids drawn with the EMA weights while training (``<checkpoint folder>/samples/``)."""
+
+    def __init__(self, vae: str, conds: torch.Tensor, labels: np.ndarray, folder: Path, cfg: LdmConfig,
+                 noise_scheduler, seed: int, latent_shape: tuple[int, int, int], run: TrainingRun):
+        self.vae_path, self.folder, self.cfg, self.seed, self.run = vae, folder, cfg, seed, run
+        self.conds = _grid_conditions(conds, labels, cfg.grid_size, seed)
+        self.noise_scheduler, self.latent_shape, self._vae = noise_scheduler, latent_shape, None
+
+    def __call__(self, step: int, unet, encoder, ema, params) -> None:
+        from diffusers import DDIMScheduler
+
+        device = self.run.device
+        self._vae = self._vae or load_vae(self.vae_path).to(device)
+        ema.store(params)
+        ema.copy_to(params)
+        unet.eval()
+        g = torch.Generator().manual_seed(self.seed)
+        noise = torch.randn((len(self.conds), *self.latent_shape), generator=g)
+        sampler = DDIMScheduler.from_config(self.noise_scheduler.config)
+        with torch.no_grad(), self.run.autocast():
+            z = guided_ddim(unet, encoder(self.conds.to(device)), encoder.null(len(self.conds)), noise.to(device),
+                            sampler, steps=self.cfg.grid_steps, guidance=self.cfg.grid_guidance)
+            images = to_uint8(decode_latents(self._vae, z.float()))
+        save_grid(images, self.folder / f"step-{step:08d}.png")
+        unet.train()
+        ema.restore(params)
+
+
+def train_ldm(*, latents: str, vae: str, output: str, checkpoint_dir: str, condition: str, fold: str, ldm: dict,
               seed: int, embeddings: str | None = None, threads: int = 1) -> None:
     """Train the ``condition``-conditioned LDM of ``fold`` on its latent store; writes ``output``."""
-    from diffusers import DDIMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
-    cfg = from_dict(LdmConfig, cfg, "ldm")
-    configure_threads(threads)
+    cfg = from_dict(LdmConfig, ldm, "ldm")
     seed = fold_seed(seed, fold)  # distinct per fold, shared by the two arms
-    seed_everything(seed)
-    # one process, or one of several under torchrun (rule gpu > 1): the batch size stays global
-    ctx = init_distributed(cfg.device)
-    device = ctx.device
-
     # data: latents are cached and scaled already; the condition comes with each latent
     store = read_latent_store(latents)
     mean, std = store["mean"], store["std"]
     conds = training_conditions(store, condition, embeddings)
-    labels = store["index"]["label_int"].to_numpy()
-    latent_channels, latent_size = mean.shape[1], mean.shape[-1]
+    latent_shape = tuple(mean.shape[1:])
+    run = TrainingRun("ldm", cfg, checkpoint_dir=checkpoint_dir, seed=seed, threads=threads,
+                      metric_columns=LDM_METRICS,
+                      identity={"condition": condition, "fold": fold, "seed": seed, "n_latents": len(mean),
+                                "latent_shape": list(latent_shape)})
+    device = run.device
 
-    # models
-    unet = build_unet(cfg, latent_channels, latent_size).to(device).train()
+    # models, EMA, optimizer, schedule
+    unet = build_unet(cfg, latent_shape[0], latent_shape[-1]).to(device).train()
     encoder = ConditionEncoder(kind=condition, cross_attention_dim=cfg.cross_attention_dim,
                                num_tokens=cfg.num_tokens, embed_dim=int(conds.shape[1]) if condition == "ssl" else None,
                                null_condition=cfg.null_condition).to(device).train()
     noise_scheduler = build_noise_scheduler(cfg)
     params = [*unet.parameters(), *encoder.parameters()]
     ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup, power=3 / 4, foreach=True)
-
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=device.type in ("cuda", "cpu"))
     lr_scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
                                  num_training_steps=cfg.steps)
     generator = torch.Generator().manual_seed(seed)
-    batches = StepBatches(len(mean), cfg.batch_size, seed)
-    grid_conds = _grid_conditions(conds, labels, cfg.grid_size, seed)
-    grid_vae = None
+    batches = StepBatches(len(mean), cfg.batch_size, seed * BATCH_SEED_STRIDE)
+    grids = _ProgressGrids(vae, conds, store["index"]["label_int"].to_numpy(), run.folder / "samples", cfg,
+                           noise_scheduler, seed, latent_shape, run)
+    run.track(unet=unet, encoder=encoder, ema=ema, optimizer=optimizer, lr_scheduler=lr_scheduler,
+              generator=generator)
+    run.resume()
 
-    # resume
-    run_config = {"ldm": dataclasses.asdict(cfg), "condition": condition, "fold": fold, "seed": seed,
-                  "n_latents": len(mean), "latent_shape": list(mean.shape[1:])}
-    ckpt = CheckpointManager(checkpoint_dir, run_config, keep=cfg.checkpoints_keep)
-    start = 0
-    if (state := ckpt.load_latest()) is not None:
-        unet.load_state_dict(state["unet"])
-        encoder.load_state_dict(state["encoder"])
-        ema.load_state_dict(state["ema"])
-        ema.to(device=device)  # the checkpoint was read onto the CPU
-        optimizer.load_state_dict(state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-        generator.set_state(state["generator"])
-        restore_rng_state(state["rng"])
-        start = int(state["step"])
-    # only rank 0 writes (metrics, grids, checkpoints, the output)
-    metrics = MetricsLog(Path(checkpoint_dir) / "metrics.csv", ["step", "loss", "lr"], start) if ctx.is_main else None
-    grids = Path(checkpoint_dir) / "samples"
-
-    def draw_grid(step: int) -> None:
-        nonlocal grid_vae
-        from duvflow.ldm.sample import guided_ddim
-        from duvflow.ldm.vae import decode_latents, load_vae
-
-        grid_vae = grid_vae or load_vae(vae).to(device)
-        ema.store(params)
-        ema.copy_to(params)
-        unet.eval()
-        g = torch.Generator().manual_seed(seed)
-        noise = torch.randn((len(grid_conds), latent_channels, latent_size, latent_size), generator=g)
-        sampler = DDIMScheduler.from_config(noise_scheduler.config)
-        with torch.no_grad(), autocast(device, cfg.mixed_precision):
-            z = guided_ddim(unet, encoder(grid_conds.to(device)), encoder.null(len(grid_conds)), noise.to(device),
-                            sampler, steps=cfg.grid_steps, guidance=cfg.grid_guidance)
-            images = to_uint8(decode_latents(grid_vae, z.float()))
-        save_grid(images, grids / f"step-{step:08d}.png")
-        unet.train()
-        ema.restore(params)
-
-    # step loop
     running, n_running = 0.0, 0
-    bar = progress(range(start, cfg.steps), total=cfg.steps, initial=start, desc=f"LDM {condition} fold {fold}")
-    for step in bar:
+    bar = progress(total=cfg.steps, initial=run.start, desc=f"LDM {condition} fold {fold}")
+    for step, rows in run.steps(cfg.steps, map(batches, range(run.start, cfg.steps))):
         # every rank draws the global batch (same generator) and trains on its shard of it
-        batch = shard_tensors(draw_batch(mean, std, conds, batches(step), cfg, generator), ctx)
+        batch = shard_tensors(draw_batch(mean, std, conds, rows, cfg, generator), run.ctx)
         loss = training_step(unet, encoder, noise_scheduler, optimizer, lr_scheduler, ema, params, batch, cfg,
-                             device, ctx)
+                             device, run.ctx)
         done = step + 1
         running, n_running = running + all_reduce_mean(loss).item(), n_running + 1
-        if not ctx.is_main:  # every rank holds the same weights
-            continue
+        bar.update(1)
         if done % cfg.log_every == 0 or done == cfg.steps:
-            metrics.log(step=done, loss=running / n_running, lr=lr_scheduler.get_last_lr()[0])
+            run.log(step=done, loss=running / n_running, lr=lr_scheduler.get_last_lr()[0])
             bar.set_postfix(loss=f"{running / n_running:.4f}")
             running, n_running = 0.0, 0
-        if cfg.grid_every and done % cfg.grid_every == 0 and done < cfg.steps:
-            draw_grid(done)
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            ckpt.save(done, {"unet": unet.state_dict(), "encoder": encoder.state_dict(), "ema": ema.state_dict(),
-                             "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
-                             "generator": generator.get_state(), "rng": rng_state()})
+        if run.is_main and cfg.grid_every and done % cfg.grid_every == 0 and done < cfg.steps:
+            grids(done, unet, encoder, ema, params)
+    bar.close()
 
-    # final save with the EMA weights
-    if not ctx.is_main:
+    # final save with the EMA weights (every rank holds the same; rank 0 writes)
+    if not run.is_main:
         return
     if cfg.grid_every:
-        draw_grid(cfg.steps)
+        grids(cfg.steps, unet, encoder, ema, params)
     ema.copy_to(params)
-    meta = run_metadata(condition=condition, fold=str(fold), steps=cfg.steps, latent_channels=latent_channels,
-                        latent_size=latent_size, image_size=int(store["attrs"].get("image_size", 0)),
+    meta = run_metadata(condition=condition, fold=str(fold), steps=cfg.steps, latent_channels=latent_shape[0],
+                        latent_size=latent_shape[-1], image_size=int(store["attrs"].get("image_size", 0)),
                         scaling_factor=float(store["attrs"].get("scaling_factor", 1.0)), vae=str(vae),
                         n_latents=len(mean), ldm=dataclasses.asdict(cfg))
     with atomic_path(output, suffix="") as tmp:
         save_ldm(tmp, unet, encoder, noise_scheduler, meta)
-        shutil.copyfile(metrics.path, tmp / "metrics.csv")
-        if grids.is_dir():
-            shutil.copytree(grids, tmp / "samples")
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: the resumable state is no longer needed
+        run.write_metrics(tmp / "metrics.csv")
+        if grids.folder.is_dir():
+            shutil.copytree(grids.folder, tmp / "samples")
+    run.finish()
     _log.info("LDM %s fold %s: %d steps done, saved to %s", condition, fold, cfg.steps, output)
 
 
-def save_ldm(folder, unet, encoder, noise_scheduler, meta: dict) -> None:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    unet.save_pretrained(folder / "unet", safe_serialization=True)
-    encoder.save_pretrained(folder / "condition", safe_serialization=True)
-    noise_scheduler.save_pretrained(folder / "scheduler")
-    write_json(meta, folder / "ldm.json")
+# --------------------------------------------------------------------------------- the VAE
 
 
-def load_ldm(folder, device="cpu"):
-    """(unet, condition encoder, DDIM scheduler, metadata) of a trained LDM folder, in eval mode."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
+def _asdict(cfg) -> dict:
+    """The config as plain JSON values (tuples as lists), as stored in metadata."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
-    folder = Path(folder)
-    if not (folder / "ldm.json").is_file():
-        raise FileNotFoundError(f"{folder} is not a trained LDM folder (no ldm.json)")
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True,
-                                                low_cpu_mem_usage=False).to(device).eval()
-    encoder = ConditionEncoder.from_pretrained(folder / "condition", local_files_only=True,
-                                               low_cpu_mem_usage=False).to(device).eval()
-    scheduler = DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
-    unet.requires_grad_(False)
-    encoder.requires_grad_(False)
-    return unet, encoder, scheduler, read_json(folder / "ldm.json")
+
+def _reference_pretrained(cfg: VaeConfig, fold: str, output: str | os.PathLike) -> None:
+    """The fold's VAE folder for a configured pretrained VAE: a reference to it, loaded once to fail
+    now rather than in a later rule."""
+    vae = load_vae(cfg.pretrained, cfg)
+    scaling = cfg.scaling_factor or vae.config.scaling_factor
+    with atomic_path(output, suffix="") as tmp:
+        tmp.mkdir()
+        source = cfg.pretrained if is_hub_repo_id(cfg.pretrained) else str(Path(cfg.pretrained).resolve())
+        write_json({"path": source, "scaling_factor": scaling,
+                    "vae_config": _asdict(cfg), **run_metadata(fold=fold)}, tmp / REFERENCE_FILE)
+    _log.info("fold %s uses the pretrained VAE %s (scaling factor %.5f)", fold, cfg.pretrained, scaling)
+
+
+def _vae_step(vae, images: torch.Tensor, generator: torch.Generator, optimizer, lr_scheduler, cfg: VaeConfig,
+              run: TrainingRun) -> torch.Tensor:
+    """One optimisation step on this rank's shard; returns the detached (loss, recon, KL per pixel)."""
+    ctx = run.ctx
+    offset = ctx.rank * (cfg.batch_size // ctx.world_size)
+    images = images.to(run.device)
+    if cfg.augment:
+        images = _augment(images, generator, offset, cfg.batch_size)
+    x = images * 2 - 1
+    posterior = vae.encode(x).latent_dist
+    # the posterior noise of the global batch, from the shared generator; this rank's part of it
+    eps = torch.randn((cfg.batch_size, *posterior.mean.shape[1:]), generator=generator)
+    z = posterior.mean + posterior.std * eps[offset:offset + len(x)].to(run.device)
+    recon = vae.decode(z).sample
+    rec = F.l1_loss(recon, x) if cfg.recon_loss == "l1" else F.mse_loss(recon, x)
+    # LDM's weighting: kl_weight multiplies the KL against the per-image *summed* reconstruction
+    kl = posterior.kl().mean() / (3 * cfg.image_size**2)
+    loss = rec + cfg.kl_weight * kl
+    loss.backward()
+    params = list(vae.parameters())
+    all_reduce_gradients(params, ctx)  # equal shards: the mean of rank means is the global mean
+    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return torch.stack([loss, rec, kl]).detach().float()
+
+
+def train_vae(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequence[str] | None, splits: str,
+              fold: str, output: str, checkpoint_dir: str, vae: dict, seed: int, threads: int = 1) -> None:
+    """Train (or reference a pretrained) VAE for ``fold``; writes the folder ``output``.
+
+    Under torchrun (rule ``gpu`` > 1) each process trains on its contiguous shard of every global
+    batch (``batch_size`` stays global), gradients are averaged over ranks before clipping, and
+    only rank 0 writes metrics, checkpoints and the output.
+    """
+    from diffusers.optimization import get_scheduler
+
+    cfg = from_dict(VaeConfig, vae, "vae")
+    if cfg.pretrained:
+        configure_threads(threads)
+        _reference_pretrained(cfg, fold, output)
+        return
+    seed = fold_seed(seed, fold)
+    dataset = PatchDataset(fold_training_patches(tables, stores, statuses, splits, fold), size=cfg.image_size)
+    run = TrainingRun("vae", cfg, checkpoint_dir=checkpoint_dir, seed=seed, threads=threads,
+                      metric_columns=VAE_METRICS, identity={"fold": fold, "seed": seed, "n_patches": len(dataset)})
+    model = build_vae(cfg).to(run.device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=cfg.warmup_steps,
+                                 num_training_steps=cfg.steps)
+    generator = torch.Generator().manual_seed(seed)
+    run.track(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, generator=generator)
+    run.resume()
+
+    # every rank walks the same global batches and loads only its shard of each
+    order = StepBatches(len(dataset), cfg.batch_size, seed * BATCH_SEED_STRIDE)
+    loader = run.loader(dataset, shard_batches(order.sampler(run.start, cfg.steps), run.ctx),
+                        num_workers=cfg.num_workers, seed=seed)
+    batches = progress(loader, total=cfg.steps - run.start, desc=f"VAE fold {fold}")
+    for step, (images, _, _) in run.steps(cfg.steps, batches):
+        values = _vae_step(model, images, generator, optimizer, lr_scheduler, cfg, run)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            loss, rec, kl = all_reduce_mean(values, run.ctx).tolist()  # every rank joins
+            run.log(step=done, loss=loss, recon=rec, kl=kl * 3 * cfg.image_size**2, lr=lr_scheduler.get_last_lr()[0])
+
+    if not run.is_main:  # every rank holds the same weights; rank 0 writes
+        return
+    model.eval().requires_grad_(False)
+    scaling = cfg.scaling_factor or _estimate_scaling(model, dataset, cfg, seed, run.device)
+    model.register_to_config(scaling_factor=float(scaling))
+    with atomic_path(output, suffix="") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        write_json(run_metadata(fold=fold, n_patches=len(dataset), steps=cfg.steps, vae=_asdict(cfg)),
+                   tmp / "duvflow_vae.json")
+        run.write_metrics(tmp / "metrics.csv")
+    run.finish()
+    _log.info("VAE fold %s trained for %d steps; scaling factor %.5f", fold, cfg.steps, scaling)
+
+
+def _augment(images: torch.Tensor, generator: torch.Generator, offset: int = 0, total: int | None = None) -> torch.Tensor:
+    """Random dihedral transforms (tissue has no canonical orientation: 8 views for free).
+
+    The draws are made for the whole global batch of ``total`` images and this shard, which starts
+    at ``offset``, takes its own, so data-parallel ranks augment as a single process would.
+    """
+    total = total or len(images)
+    ks = torch.randint(0, 4, (total,), generator=generator)[offset:offset + len(images)].tolist()
+    flips = torch.randint(0, 2, (total,), generator=generator)[offset:offset + len(images)].tolist()
+    out = [torch.rot90(img, k, dims=(1, 2)) for img, k in zip(images, ks, strict=True)]
+    out = [img.flip(2) if f else img for img, f in zip(out, flips, strict=True)]
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def _estimate_scaling(vae, dataset, cfg: VaeConfig, seed: int, device) -> float:
+    """1 / std of posterior samples over a fixed subset of training patches (as in LDM)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    rows = torch.randperm(len(dataset), generator=g)[: cfg.scaling_patches].tolist()
+    zs = []
+    for start in range(0, len(rows), cfg.encode_batch_size):
+        batch = torch.stack([dataset[i][0] for i in rows[start:start + cfg.encode_batch_size]]).to(device)
+        dist = vae.encode(batch * 2 - 1).latent_dist
+        zs.append((dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g).to(device)).float().cpu())
+    std = torch.cat(zs).std().item()
+    return 1.0 / max(std, 1e-8)

@@ -16,46 +16,18 @@ clamped once (torchvision clamps after each); hue is a rotation of the chroma pl
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from duvflow.core.stain import stain_jitter
+from duvflow.ssl.config import CropConfig, DinoAugmentConfig
 
-__all__ = ["AugmentConfig", "CropConfig", "MultiCropAugment", "crop_resize", "random_resized_boxes"]
+__all__ = ["MultiCropAugment", "crop_resize", "random_resized_boxes"]
 
 _GRAY = (0.299, 0.587, 0.114)
 _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    hflip_p: float = 0.5
-    vflip_p: float = 0.5
-    rot90: bool = True
-    jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.2
-    hue: float = 0.1
-    grayscale_p: float = 0.2
-    blur_p_global: tuple[float, float] = (1.0, 0.1)
-    blur_p_local: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_p: float = 0.2
-    stain: str = "none"  # stain jitter (duvflow.core.stain): none | hed | fluorescence
-    stain_scale: float = 0.05
-    stain_shift: float = 0.005
-
-
-@dataclass(frozen=True)
-class CropConfig:
-    n_local: int = 8
-    local_size: int = 96
-    global_scale: tuple[float, float] = (0.4, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.4)
 
 
 def _uniform(n: int, low: float, high: float, gen: torch.Generator, device) -> torch.Tensor:
@@ -124,10 +96,10 @@ class MultiCropAugment:
     image's valid (H, W) when a batch was padded to a common size.
     """
 
-    def __init__(self, global_size: int, crops: CropConfig | None = None, augment: AugmentConfig | None = None):
+    def __init__(self, global_size: int, crops: CropConfig | None = None, augment: DinoAugmentConfig | None = None):
         self.global_size = global_size
         self.crops = crops or CropConfig()
-        self.cfg = augment or AugmentConfig()
+        self.cfg = augment or DinoAugmentConfig()
 
     def __call__(self, images: torch.Tensor, gen: torch.Generator, sizes: torch.Tensor | None = None):
         b, dev = images.shape[0], images.device

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -24,11 +23,11 @@ from duvflow.core.patches import PatchDataset, attach_split, load_patch_index, r
 from duvflow.core.provenance import code_version
 from duvflow.core.runtime import autocast, configure_threads, progress, select_device
 from duvflow.ssl.batches import as_uint8_tensor, collate_patches, to_device_float
+from duvflow.ssl.config import DinoConfig, EmbedConfig
 from duvflow.ssl.model import Embedder, build_backbone, data_stats, load_teacher
-from duvflow.ssl.tables import read_embeddings  # in __all__: the reader lives apart, free of torch
+from duvflow.ssl.tables import read_embeddings  # in __all__: the reader is torch-free
 
 __all__ = [
-    "EmbedConfig",
     "compute_embeddings",
     "embed_initial",
     "embed_patches",
@@ -38,13 +37,6 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 META_COLUMNS = ["slide_id", "patch_index", "x", "y", "label"]
-
-
-@dataclass(frozen=True)
-class EmbedConfig:
-    batch_size: int = 256
-    device: str = "auto"
-    bf16: bool = True
 
 
 def prepare_batch(batch: torch.Tensor, sizes: torch.Tensor, img_size: int, device) -> torch.Tensor:
@@ -77,8 +69,8 @@ class _EmbedCollate:
         return None, sizes, prepare_batch(batch, sizes, self.img_size, torch.device("cpu"))
 
 
-def compute_embeddings(model: Embedder, index: pd.DataFrame, *, batch_size: int, device, bf16: bool = True,
-                       num_workers: int = 0, desc: str = "embedding") -> np.ndarray:
+def compute_embeddings(model: Embedder, index: pd.DataFrame, *, batch_size: int, device,
+                       mixed_precision: bool = True, num_workers: int = 0, desc: str = "embedding") -> np.ndarray:
     """float32 (len(index), dim) embeddings of ``index``'s patches, in row order.
 
     Patches are resized on the device on a GPU, in the loader workers on the CPU (when there are any).
@@ -95,7 +87,7 @@ def compute_embeddings(model: Embedder, index: pd.DataFrame, *, batch_size: int,
     with torch.inference_mode(), progress(total=len(index), desc=desc, unit="patch") as bar:
         for batch, sizes, images in loader:
             x = prepare_batch(batch, sizes, model.img_size, device) if images is None else images.to(device)
-            with autocast(device, enabled=bf16):
+            with autocast(device, enabled=mixed_precision):
                 z = model(x)
             out[pos: pos + len(z)] = z.float().cpu()
             pos += len(z)
@@ -141,7 +133,8 @@ def embed_patches(*, tables: Sequence[str], stores: Sequence[str], statuses: Seq
     _log.info("embedding %d patches of %d slides with the fold %s teacher (%s, %s pooling, %d px) on %s",
               len(index), index["slide_id"].nunique(), fold, meta["backbone"], meta["pooling"], meta["img_size"],
               device)
-    emb = compute_embeddings(model, index, batch_size=cfg.batch_size, device=device, bf16=cfg.bf16,
+    emb = compute_embeddings(model, index, batch_size=cfg.batch_size, device=device,
+                             mixed_precision=cfg.mixed_precision,
                              num_workers=_workers(threads, num_workers, device), desc=f"embed fold {fold}")
     _check_spread(emb, f"fold {fold}")
     write_parquet(embedding_table(index, emb), output, metadata={
@@ -154,8 +147,6 @@ def embed_initial(*, tables: Sequence[str], stores: Sequence[str], statuses: Seq
                   output: str | os.PathLike, dino: dict, embed: dict, seed: int, threads: int = 1,
                   num_workers: int | None = None) -> None:
     """Embed every patch with the backbone DINO starts from (the probe's "before fine-tuning")."""
-    from duvflow.ssl.train import DinoConfig
-
     dcfg = from_dict(DinoConfig, dino, "dino")
     cfg = from_dict(EmbedConfig, embed, "embed")
     configure_threads(threads)
@@ -166,7 +157,8 @@ def embed_initial(*, tables: Sequence[str], stores: Sequence[str], statuses: Seq
     model = Embedder(backbone, *data_stats(backbone), dcfg.img_size)
     _log.info("embedding %d patches with the initial %s backbone (%s)", len(index), dcfg.backbone,
               dcfg.weights or ("hub weights" if dcfg.init == "pretrained" else "random initialisation"))
-    emb = compute_embeddings(model, index, batch_size=cfg.batch_size, device=device, bf16=cfg.bf16,
+    emb = compute_embeddings(model, index, batch_size=cfg.batch_size, device=device,
+                             mixed_precision=cfg.mixed_precision,
                              num_workers=_workers(threads, num_workers, device), desc="embed initial")
     write_parquet(embedding_table(index, emb), output, metadata={
         "fold": "initial", "backbone": dcfg.backbone, "pooling": dcfg.pooling, "img_size": str(dcfg.img_size),

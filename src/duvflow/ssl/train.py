@@ -10,13 +10,11 @@ Only the fold's ``train`` slides are read; ``val`` and ``test`` slides never rea
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,74 +27,26 @@ from duvflow.core.figures import pyplot
 from duvflow.core.io import atomic_path, write_csv, write_json
 from duvflow.core.patches import PatchDataset, attach_split, load_patch_index
 from duvflow.core.provenance import code_version
-from duvflow.core.runtime import autocast, configure_threads, progress, seed_everything
+from duvflow.core.runtime import progress
 from duvflow.core.splits import fold_seed
-from duvflow.ssl.augment import AugmentConfig, CropConfig, MultiCropAugment
-from duvflow.ssl.batches import EpochBatchSampler, as_uint8_tensor, collate_patches, to_device_float
+from duvflow.ssl.augment import MultiCropAugment
+from duvflow.ssl.batches import as_uint8_tensor, collate_patches, to_device_float
+from duvflow.ssl.config import DinoConfig
 from duvflow.ssl.head import DINOHead, MultiCropModel
 from duvflow.ssl.loss import DINOLoss
 from duvflow.ssl.model import Embedder, backbone_kwargs, build_backbone, data_stats, fingerprint
-from duvflow.ssl.schedules import cosine_schedule, warmup_constant_schedule
-from duvflow.train.checkpoint import CheckpointManager, restore_rng_state, rng_state, save_weights
-from duvflow.train.distributed import all_reduce_mean, init_distributed, shard_batches, wrap_model
+from duvflow.train.batches import StepBatches, step_seed
+from duvflow.train.checkpoint import save_weights
+from duvflow.train.distributed import all_reduce_mean, shard_batches
+from duvflow.train.harness import TrainingRun
+from duvflow.train.schedules import cosine_schedule, warmup_constant_schedule
 
-__all__ = ["METRIC_COLUMNS", "CollapseMonitor", "DinoConfig", "HeadConfig", "plot_metrics", "train_dino"]
+__all__ = ["METRIC_COLUMNS", "CollapseMonitor", "plot_metrics", "train_dino"]
 
 _log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ("step", "epoch", "loss", "teacher_entropy", "kl", "embed_std", "grad_norm", "lr",
                   "weight_decay", "momentum", "teacher_temp", "step_time_s")
-# settings that change how a run executes but not what it computes: a resumed run may differ in them
-_RUNTIME_KEYS = ("device", "augment_on", "checkpoint_every", "checkpoints_keep")
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    out_dim: int = 65536
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    n_layers: int = 3
-    norm_last_layer: bool = True
-
-
-@dataclass(frozen=True)
-class DinoConfig:
-    backbone: str = "vit_small_patch16_224"
-    model_kwargs: dict = field(default_factory=dict)
-    weights: str | None = None
-    init: str = "random"  # pretrained | random (duvflow.core.backbone.initial_weights)
-    img_size: int = 224
-    pooling: str = "cls"
-    drop_path_rate: float = 0.1
-    head: HeadConfig = field(default_factory=HeadConfig)
-    crops: CropConfig = field(default_factory=CropConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 5e-4
-    min_lr: float = 1e-6
-    warmup_epochs: float = 3
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
-    momentum_teacher: float = 0.996
-    teacher_temp: float = 0.04
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: float = 0
-    student_temp: float = 0.1
-    center_momentum: float = 0.9
-    clip_grad: float = 3.0
-    freeze_last_layer_epochs: float = 1
-    collapse_std: float = 0.05
-    checkpoint_every: int = 500
-    checkpoints_keep: int = 2
-    device: str = "auto"
-    augment_on: str = "auto"
-    bf16: bool = True
-
-
-def augment_seed(seed: int, step: int) -> int:
-    """Seed of step ``step``'s augmentation: reproducible wherever it runs and after a resume."""
-    return (int(seed) * 1_000_003 + int(step)) % (2**63 - 1)
 
 
 class _StepPatches(torch.utils.data.Dataset):
@@ -125,7 +75,7 @@ class DinoCollate:
         batch, sizes, _, _ = collate_patches([it[:3] for it in items])
         if self.augment is None:
             return step, batch, sizes, None
-        gen = torch.Generator().manual_seed(augment_seed(self.seed, step))
+        gen = torch.Generator().manual_seed(step_seed(self.seed, step))
         with torch.no_grad():
             views = self.augment(batch.permute(0, 3, 1, 2).float().div_(255.0), gen, sizes)
         return step, None, None, views
@@ -194,6 +144,132 @@ def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, momentum: flo
     torch._foreach_lerp_(t_params, s_params, 1.0 - momentum)
 
 
+def _training_patches(tables, stores, statuses, splits, fold: str, batch_size: int) -> pd.DataFrame:
+    """The fold's training patches in a fixed order (slide, patch); at least one batch of them."""
+    index = attach_split(load_patch_index(tables, stores, statuses), splits, fold)
+    train = index[index["role"] == "train"].sort_values(["slide_id", "patch_index"]).reset_index(drop=True)
+    if len(train) < batch_size:
+        raise ValueError(f"fold {fold} has {len(train)} training patches, fewer than dino.batch_size="
+                         f"{batch_size}; lower the batch size")
+    return train
+
+
+def _schedules(cfg: DinoConfig, steps_per_epoch: int, total: int) -> dict:
+    """Per-step learning rate, weight decay, teacher momentum and temperature; warm-up lengths."""
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    return {
+        "lr": cosine_schedule(cfg.lr * cfg.batch_size / 256.0, cfg.min_lr, total, warmup),
+        "weight_decay": cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, total),
+        "momentum": cosine_schedule(cfg.momentum_teacher, 1.0, total),
+        "teacher_temp": warmup_constant_schedule(cfg.warmup_teacher_temp, cfg.teacher_temp, total,
+                                                 round(cfg.warmup_teacher_temp_epochs * steps_per_epoch)),
+        "warmup": warmup, "freeze_last": round(cfg.freeze_last_layer_epochs * steps_per_epoch),
+    }
+
+
+def _build_models(cfg: DinoConfig, seed: int, device) -> tuple[MultiCropModel, MultiCropModel, list, list]:
+    """Student and teacher from the same backbone; the teacher is never back-propagated."""
+    backbone = build_backbone(cfg.backbone, model_kwargs=cfg.model_kwargs, pooling=cfg.pooling,
+                              img_size=cfg.img_size, **initial_weights(cfg.init, cfg.weights), seed=seed,
+                              drop_path_rate=cfg.drop_path_rate)
+    mean, std = data_stats(backbone)
+    head = cfg.head
+    student = MultiCropModel(backbone, DINOHead(backbone.num_features, head.out_dim, head.hidden_dim,
+                                                head.bottleneck_dim, head.n_layers, head.norm_last_layer),
+                             mean, std).to(device)
+    teacher = copy.deepcopy(student)
+    for module in teacher.modules():  # no stochastic depth in the teacher
+        if hasattr(module, "drop_prob"):
+            module.drop_prob = 0.0
+    teacher.requires_grad_(False).eval()
+    student.train()
+    return student, teacher, mean, std
+
+
+def _loader_workers(threads: int, num_workers: int | None, device) -> int:
+    workers = max(0, min(threads - 1, 8)) if num_workers is None else num_workers
+    if device.type == "cpu" and workers:
+        # the job's threads are shared: loader workers + compute threads must not oversubscribe the
+        # cores (a torch thread pool waiting on a descheduled thread stalls every op)
+        torch.set_num_threads(max(1, threads - workers))
+    return workers
+
+
+def _loader(run: TrainingRun, train: pd.DataFrame, cfg: DinoConfig, workers: int, total: int, seed: int,
+            aug_seed: int, augment: MultiCropAugment) -> torch.utils.data.DataLoader:
+    """The batches of steps ``run.start .. total - 1`` as ``(step, uint8 batch, sizes, views)``; the
+    views are made in the workers (CPU), else ``None`` and made batched on the device (GPU)."""
+    # on a GPU the batched augmentation is cheap on the device; on a CPU the workers do it in parallel
+    in_workers = workers > 0 and (cfg.augment_on == "workers" or
+                                  (cfg.augment_on == "auto" and run.device.type != "cuda"))
+    _log.info("augmentation runs %s", f"in {workers} DataLoader workers" if in_workers else f"batched on {run.device}")
+    order = StepBatches(len(train), cfg.batch_size, seed)
+    sampler = order.sampler(run.start, total, key=lambda step, rows: [(step, r) for r in rows])
+    return run.loader(_StepPatches(PatchDataset(train, transform=as_uint8_tensor)), shard_batches(sampler, run.ctx),
+                      num_workers=workers, seed=seed, collate_fn=DinoCollate(augment if in_workers else None, aug_seed),
+                      persistent_workers=False, prefetch_factor=4 if workers else None)
+
+
+class _PendingMetrics:
+    """Per-step diagnostics kept on the device and moved to the host in batches of steps (one sync
+    per flush, not per step), then logged as named metric rows and fed to the collapse monitor."""
+
+    def __init__(self, run: TrainingRun, monitor: CollapseMonitor, sched: dict, steps_per_epoch: int, fold: str,
+                 bar):
+        self.run, self.monitor, self.sched, self.spe, self.fold, self.bar = run, monitor, sched, steps_per_epoch, fold, bar
+        self.pending: list[tuple[int, torch.Tensor, float]] = []
+
+    def add(self, step: int, values: torch.Tensor, seconds: float) -> None:
+        self.pending.append((step, values, seconds))
+
+    def flush(self) -> dict:
+        """Log what is pending; returns the (empty) extra checkpoint state of DINO."""
+        if not self.pending:
+            return {}
+        values = torch.stack([v for _, v, _ in self.pending]).float().cpu().tolist()
+        sched = self.sched
+        for (st, _, dt), (loss_v, ent, kl, estd, gnorm) in zip(self.pending, values, strict=True):
+            if not math.isfinite(loss_v):
+                raise FloatingPointError(f"DINO loss is {loss_v} at step {st} (fold {self.fold}); lower dino.lr or "
+                                         f"raise dino.warmup_epochs")
+            self.run.log(step=st, epoch=st // self.spe, loss=loss_v, teacher_entropy=ent, kl=kl, embed_std=estd,
+                         grad_norm=gnorm, lr=sched["lr"][st], weight_decay=sched["weight_decay"][st],
+                         momentum=sched["momentum"][st], teacher_temp=sched["teacher_temp"][st], step_time_s=dt)
+            self.monitor.update(st, estd, ent, kl)
+        self.pending.clear()
+        self.bar.set_postfix(loss=f"{self.run.rows[-1]['loss']:.4f}")
+        return {}
+
+
+def _dino_step(step: int, views, student, student_ddp, teacher, dino_loss, optimizer, sched: dict, cfg: DinoConfig,
+               run: TrainingRun) -> torch.Tensor:
+    """One DINO step on the multi-crop ``views``; returns the detached diagnostics (loss, teacher
+    entropy, KL, embedding std, gradient norm), averaged over ranks."""
+    for i, group in enumerate(optimizer.param_groups):
+        group["lr"] = float(sched["lr"][step])
+        if i == 0:
+            group["weight_decay"] = float(sched["weight_decay"][step])
+    with run.autocast():
+        with torch.no_grad():
+            t_feats, t_out = teacher(views[:2])
+        _, s_out = student_ddp(views)
+    loss, stats = dino_loss(s_out, t_out, float(sched["teacher_temp"][step]))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip if cfg.grad_clip > 0
+                                               else float("inf"))
+    if step < sched["freeze_last"]:  # DINO: the prototypes stay fixed at first, which stabilises training
+        for p in student.head.last_layer.parameters():
+            p.grad = None
+    optimizer.step()
+    ema_update(teacher, student, float(sched["momentum"][step]))
+    with torch.no_grad():
+        z = torch.nn.functional.normalize(t_feats.float(), dim=-1)
+        embed_std = z.std(dim=0).mean() * math.sqrt(z.shape[1])
+        return all_reduce_mean(torch.stack([loss.detach(), stats.teacher_entropy, stats.kl, embed_std,
+                                            grad_norm.float()]))
+
+
 def train_dino(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequence[str] | None, splits: str,
                fold: str, teacher: str | os.PathLike, teacher_config: str | os.PathLike,
                metrics: str | os.PathLike, dino: dict, seed: int, checkpoint_dir: str | os.PathLike,
@@ -201,200 +277,97 @@ def train_dino(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequen
                stop_after: int | None = None) -> dict | None:
     """Fine-tune with DINO on fold ``fold``'s training slides; write the teacher backbone + metrics.
 
-    ``stop_after`` ends the run (after checkpointing) once that many steps are done, without final
-    outputs, as a time-out would; the next call resumes from ``checkpoint_dir``.
+    ``stop_after`` ends the run once that many steps are done, without final outputs, as a kill
+    would; the next call resumes from the newest checkpoint in ``checkpoint_dir``.
     Returns the teacher's JSON config (None when stopped early).
     """
     cfg = from_dict(DinoConfig, dino, "dino")
-    configure_threads(threads)
-    # one process, or one of several under torchrun (rule gpu > 1): the batch size stays global
-    ctx = init_distributed(cfg.device)
-    device = ctx.device
     run_seed = fold_seed(seed, fold)
-
-    # data: the fold's training slides only
-    index = attach_split(load_patch_index(tables, stores, statuses), splits, fold)
-    train = index[index["role"] == "train"].sort_values(["slide_id", "patch_index"]).reset_index(drop=True)
+    train = _training_patches(tables, stores, statuses, splits, fold, cfg.batch_size)
     train_slides = sorted(train["slide_id"].unique())
-    if len(train) < cfg.batch_size:
-        raise ValueError(f"fold {fold} has {len(train)} training patches, fewer than dino.batch_size="
-                         f"{cfg.batch_size}; lower the batch size")
     steps_per_epoch = len(train) // cfg.batch_size
     total = cfg.epochs * steps_per_epoch
+    run = TrainingRun("dino", cfg, checkpoint_dir=checkpoint_dir, seed=run_seed, threads=threads,
+                      metric_columns=METRIC_COLUMNS,
+                      identity={"seed": seed, "fold": str(fold), "train_slides": train_slides, "n_train": len(train)})
+    device = run.device
     _log.info("DINO fold %s: %d training patches from %d slides (%s), %d steps (%d epochs x %d), device %s",
               fold, len(train), len(train_slides), ", ".join(train_slides), total, cfg.epochs, steps_per_epoch,
               device)
-
-    # models: student and teacher start from the same backbone; the teacher is never back-propagated
-    student_bb = build_backbone(cfg.backbone, model_kwargs=cfg.model_kwargs, pooling=cfg.pooling,
-                                img_size=cfg.img_size, **initial_weights(cfg.init, cfg.weights), seed=seed,
-                                drop_path_rate=cfg.drop_path_rate)
-    mean, std = data_stats(student_bb)
-    seed_everything(run_seed)
-    head = cfg.head
-    student = MultiCropModel(student_bb, DINOHead(student_bb.num_features, head.out_dim, head.hidden_dim,
-                                                  head.bottleneck_dim, head.n_layers, head.norm_last_layer),
-                             mean, std).to(device)
-    teacher_model = copy.deepcopy(student)
-    student_ddp = wrap_model(student, ctx)  # forward only; EMA, saving use `student`
-    for module in teacher_model.modules():  # no stochastic depth in the teacher
-        if hasattr(module, "drop_prob"):
-            module.drop_prob = 0.0
-    teacher_model.requires_grad_(False).eval()
-    student.train()
-    dino_loss = DINOLoss(head.out_dim, n_global=2, student_temp=cfg.student_temp,
+    student, teacher_model, mean, std = _build_models(cfg, seed, device)
+    student_ddp = run.wrap(student)  # forward only; EMA, saving use `student`
+    dino_loss = DINOLoss(cfg.head.out_dim, n_global=2, student_temp=cfg.student_temp,
                          center_momentum=cfg.center_momentum).to(device)
     optimizer = torch.optim.AdamW(_param_groups(student), lr=0.0, weight_decay=cfg.weight_decay)
     augment = MultiCropAugment(cfg.img_size, cfg.crops, cfg.augment)
+    sched = _schedules(cfg, steps_per_epoch, total)
+    run.track(student=student, teacher=teacher_model, loss=dino_loss, optimizer=optimizer)
+    run.resume()
 
-    # schedules, per step
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    lr_sched = cosine_schedule(cfg.lr * cfg.batch_size / 256.0, cfg.min_lr, total, warmup)
-    wd_sched = cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, total)
-    mom_sched = cosine_schedule(cfg.momentum_teacher, 1.0, total)
-    temp_sched = warmup_constant_schedule(cfg.warmup_teacher_temp, cfg.teacher_temp, total,
-                                          round(cfg.warmup_teacher_temp_epochs * steps_per_epoch))
-    freeze_last = round(cfg.freeze_last_layer_epochs * steps_per_epoch)
-
-    # resume
-    run_config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RUNTIME_KEYS}
-    run_config.update(seed=seed, fold=str(fold), train_slides=train_slides, n_train=len(train))
-    ckpt = CheckpointManager(checkpoint_dir, run_config, keep=cfg.checkpoints_keep)
-    rows: list[list[float]] = []
-    start = 0
-    state = ckpt.load_latest()
-    if state is not None:
-        student.load_state_dict(state["student"])
-        teacher_model.load_state_dict(state["teacher"])
-        dino_loss.load_state_dict(state["loss"])
-        optimizer.load_state_dict(state["optimizer"])
-        restore_rng_state(state["rng"])
-        # rows of a checkpoint written before a metric column existed are padded with NaN
-        rows = [r + [math.nan] * (len(METRIC_COLUMNS) - len(r)) for r in state["metrics"].tolist()]
-        start = int(state["step"])
-
-    workers = max(0, min(threads - 1, 8)) if num_workers is None else num_workers
-    if device.type == "cpu" and workers:
-        # the job's threads are shared: loader workers + compute threads must not oversubscribe the
-        # cores (a torch thread pool waiting on a descheduled thread stalls every op)
-        torch.set_num_threads(max(1, threads - workers))
-    if cfg.augment_on not in ("auto", "device", "workers"):
-        raise ValueError(f"dino.augment_on must be auto, device or workers, got {cfg.augment_on!r}")
-    # on a GPU the batched augmentation is cheap on the device; on a CPU the workers do it in parallel
-    in_workers = workers > 0 and (cfg.augment_on == "workers" or (cfg.augment_on == "auto" and device.type != "cuda"))
-    # each rank augments its own shard: its own random stream (rank 0 = the single-process stream)
-    aug_seed = run_seed + 104_729 * ctx.rank
-    loader = torch.utils.data.DataLoader(
-        _StepPatches(PatchDataset(train, transform=as_uint8_tensor)),
-        batch_sampler=shard_batches(EpochBatchSampler(len(train), cfg.batch_size, steps_per_epoch, total, run_seed,
-                                                      start), ctx),
-        num_workers=workers, collate_fn=DinoCollate(augment if in_workers else None, aug_seed),
-        pin_memory=device.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers else None,
-        generator=torch.Generator().manual_seed(run_seed),
-    )
-    _log.info("augmentation runs %s", f"in {workers} DataLoader workers" if in_workers else f"batched on {device}")
-    monitor = CollapseMonitor(head.out_dim, cfg.collapse_std, start_step=max(warmup, freeze_last, total // 4))
-    for r in rows:
-        monitor.update(int(r[0]), r[5], r[3], r[4])
+    aug_seed = run_seed + 104_729 * run.ctx.rank  # each rank augments its own shard with its own stream
+    loader = _loader(run, train, cfg, _loader_workers(threads, num_workers, device), total, run_seed, aug_seed,
+                     augment)
+    monitor = CollapseMonitor(cfg.head.out_dim, cfg.collapse_std,
+                              start_step=max(sched["warmup"], sched["freeze_last"], total // 4))
+    for r in run.rows:
+        monitor.update(int(r["step"]), r["embed_std"], r["teacher_entropy"], r["kl"])
     log_every = max(1, total // 20)
     flush_every = min(log_every, 50)
-    pending: list[tuple[int, torch.Tensor, float]] = []
-
-    def flush() -> None:
-        """Move the pending per-step diagnostics to the host (one sync per batch of steps, not per step)."""
-        if not pending:
-            return
-        values = torch.stack([v for _, v, _ in pending]).float().cpu().tolist()
-        for (st, _, dt), (loss_v, ent, kl, estd, gnorm) in zip(pending, values, strict=True):
-            if not math.isfinite(loss_v):
-                raise FloatingPointError(f"DINO loss is {loss_v} at step {st} (fold {fold}); lower dino.lr or "
-                                         f"raise dino.warmup_epochs")
-            rows.append([st, st // steps_per_epoch, loss_v, ent, kl, estd, gnorm, lr_sched[st], wd_sched[st],
-                         mom_sched[st], temp_sched[st], dt])
-            monitor.update(st, estd, ent, kl)
-        pending.clear()
-        bar.set_postfix(loss=f"{rows[-1][2]:.4f}")
-
-    bar = progress(total=total, initial=start, desc=f"DINO fold {fold}", unit="step")
-    stopped = False
+    bar = progress(total=total, initial=run.start, desc=f"DINO fold {fold}", unit="step")
+    pending = _PendingMetrics(run, monitor, sched, steps_per_epoch, fold, bar)
     last_time = time.perf_counter()
-    for step, (batch_step, batch, sizes, views) in zip(range(start, total), loader, strict=True):
+    for step, (batch_step, batch, sizes, views) in run.steps(total, loader, extra=pending.flush, stop_after=stop_after):
         assert batch_step == step, f"data loader out of step ({batch_step} != {step})"
-        for i, group in enumerate(optimizer.param_groups):
-            group["lr"] = float(lr_sched[step])
-            if i == 0:
-                group["weight_decay"] = float(wd_sched[step])
         if views is None:
-            gen = torch.Generator(device=device).manual_seed(augment_seed(aug_seed, step))
+            gen = torch.Generator(device=device).manual_seed(step_seed(aug_seed, step))
             with torch.no_grad():
                 views = augment(to_device_float(batch, device), gen, sizes.to(device))
         else:
             views = [v.to(device, non_blocking=True) for v in views]
-        with autocast(device, enabled=cfg.bf16):
-            with torch.no_grad():
-                t_feats, t_out = teacher_model(views[:2])
-            _, s_out = student_ddp(views)
-        loss, stats = dino_loss(s_out, t_out, float(temp_sched[step]))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad if cfg.clip_grad > 0
-                                                   else float("inf"))
-        if step < freeze_last:  # DINO: the prototypes stay fixed at first, which stabilises training
-            for p in student.head.last_layer.parameters():
-                p.grad = None
-        optimizer.step()
-        ema_update(teacher_model, student, float(mom_sched[step]))
-
-        with torch.no_grad():
-            z = torch.nn.functional.normalize(t_feats.float(), dim=-1)
-            embed_std = z.std(dim=0).mean() * math.sqrt(z.shape[1])
-            pending.append((step, all_reduce_mean(torch.stack([loss.detach(), stats.teacher_entropy, stats.kl,
-                                                               embed_std, grad_norm.float()])),
-                            time.perf_counter() - last_time))  # wall time per step, loading included
-            last_time = time.perf_counter()
+        values = _dino_step(step, views, student, student_ddp, teacher_model, dino_loss, optimizer, sched, cfg, run)
+        pending.add(step, values, time.perf_counter() - last_time)  # wall time per step, loading included
+        last_time = time.perf_counter()
         bar.update(1)
         done = step + 1
         if done % flush_every == 0 or done % cfg.checkpoint_every == 0 or done == total or done == stop_after:
-            flush()
+            pending.flush()
         if done % log_every == 0 or done == total:
-            r = rows[-1]
+            r = run.rows[-1]
             _log.info("step %d/%d epoch %d: loss %.4f, teacher entropy %.3f, KL %.4f, embed std %.3f, lr %.2e, "
-                      "momentum %.5f", done, total, r[1], r[2], r[3], r[4], r[5], r[7], r[9])
-        if done % cfg.checkpoint_every == 0 and done < total and ctx.is_main:
-            ckpt.save(done, {"student": student.state_dict(), "teacher": teacher_model.state_dict(),
-                             "loss": dino_loss.state_dict(), "optimizer": optimizer.state_dict(),
-                             "rng": rng_state(),
-                             "metrics": torch.tensor(rows, dtype=torch.float64)})
-        if stop_after is not None and done >= stop_after and done < total:
-            _log.warning("stopping after step %d as asked; rerun to resume from the last checkpoint", done)
-            stopped = True
-            break
+                      "momentum %.5f", done, total, r["epoch"], r["loss"], r["teacher_entropy"], r["kl"],
+                      r["embed_std"], r["lr"], r["momentum"])
     bar.close()
-    if stopped:
+    if not run.completed:
         return None
+    return _finish(run, cfg, teacher_model, student.backbone, mean, std, monitor, teacher=teacher,
+                   teacher_config=teacher_config, metrics=metrics, plot=plot, fold=fold, seed=seed, total=total,
+                   train_slides=train_slides, n_train=len(train))
 
-    # final save: the teacher backbone (the embedder), its config, the metrics
-    table = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+
+def _finish(run: TrainingRun, cfg: DinoConfig, teacher_model, student_backbone, mean, std, monitor, *, teacher,
+            teacher_config, metrics, plot, fold, seed, total, train_slides, n_train) -> dict:
+    """Final save: the teacher backbone (the embedder), its config, the metrics (rank 0 writes)."""
+    table = run.metrics()
     table[["step", "epoch"]] = table[["step", "epoch"]].astype(int)
     meta = {
         "backbone": cfg.backbone, "model_kwargs": backbone_kwargs(cfg.model_kwargs, cfg.pooling),
-        "img_size": cfg.img_size, "pooling": cfg.pooling, "embed_dim": int(student_bb.num_features),
+        "img_size": cfg.img_size, "pooling": cfg.pooling, "embed_dim": int(student_backbone.num_features),
         "mean": mean, "std": std, "fold": str(fold), "seed": seed, "steps": total, "epochs": cfg.epochs,
-        "initial_weights": cfg.weights, "train_slides": train_slides, "n_train_patches": len(train),
+        "initial_weights": cfg.weights, "train_slides": train_slides, "n_train_patches": n_train,
         "final_metrics": {k: float(v) for k, v in table.iloc[-1].items()} if len(table) else {},
         "collapse_warnings": monitor.warned, "duvflow_version": code_version(),
         "fingerprint": fingerprint(Embedder(teacher_model.backbone, mean, std, cfg.img_size)),
     }
     if monitor.warned:
         _log.warning("DINO fold %s finished with collapse warnings: %s", fold, ", ".join(monitor.warned))
-    if not ctx.is_main:  # every rank holds the same teacher; rank 0 writes it
+    if not run.is_main:  # every rank holds the same teacher; rank 0 writes it
         return meta
     save_weights(teacher_model.backbone.state_dict(), teacher, metadata={"fold": str(fold), "backbone": cfg.backbone})
     write_json(meta, teacher_config)
     write_csv(table, metrics)
     if plot is not None:
         plot_metrics(table, plot, title=f"DINO fold {fold}")
-    ckpt.clear()  # finished: a forced rerun must train afresh, not resume the final step
+    run.finish()
     _log.info("wrote teacher %s (loss %.4f -> %.4f)", teacher, table["loss"].iloc[0], table["loss"].iloc[-1])
     return meta
 

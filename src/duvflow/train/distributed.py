@@ -34,6 +34,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from duvflow.core.runtime import select_device
+
 __all__ = [
     "DistContext",
     "all_reduce_gradients",
@@ -79,8 +81,6 @@ def init_distributed(device: str = "auto") -> DistContext:
     Without those variables this is a plain single process on ``select_device(device)``.
     ``device="cpu"`` forces gloo on the CPU even where cards are visible.
     """
-    from duvflow.core.runtime import select_device
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext(device=select_device(device))

@@ -1,8 +1,7 @@
-"""Per-step schedules (DINO, Caron et al. 2021): learning rate, weight decay, teacher momentum and
-teacher temperature, precomputed as arrays indexed by optimizer step.
-
-:func:`cosine_schedule` (linear warm-up, then half-cosine from ``base`` to ``final``) is generic;
-other stages can use it or :func:`cosine_value` for a single step.
+"""Per-step schedules shared by the training loops: linear warm-up then half-cosine (DINO, Caron et
+al. 2021: learning rate, weight decay, teacher momentum; the classifier's learning rate) and
+warm-up-then-constant (DINO's teacher temperature), as arrays indexed by optimizer step or, with
+:func:`cosine_value`, for a single step.
 """
 
 from __future__ import annotations
