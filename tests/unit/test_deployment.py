@@ -20,9 +20,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "workflow" / "scripts"
 ENTRY_SCRIPTS = sorted(p for p in SCRIPTS.glob("*.py") if p.name != "duvflow_checkout.py")
-# Entry scripts of the training rules belong to the harness branch, which adds the import when it
-# merges; the lead empties this set then.
-AWAITING_HARNESS = set()
 
 
 def _env_without_pythonpath() -> dict:
@@ -40,8 +37,6 @@ def older_duvflow(tmp_path):
 
 @pytest.mark.parametrize("script", ENTRY_SCRIPTS, ids=lambda p: p.name)
 def test_every_entry_script_puts_this_checkout_first_before_importing_duvflow(script):
-    if script.name in AWAITING_HARNESS:
-        pytest.skip("training entry scripts get the import with the harness merge")
     imports = [n for n in ast.parse(script.read_text()).body if isinstance(n, ast.Import | ast.ImportFrom)]
     first = imports[0]
     assert isinstance(first, ast.Import) and first.names[0].name == "duvflow_checkout", (

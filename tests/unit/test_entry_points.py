@@ -13,11 +13,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted((ROOT / "workflow" / "scripts").glob("*.py"))
 SECTIONS = {name for name, spec in yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())[
     "properties"].items() if spec.get("type") == "object"}
-# Their package functions live in the harness branch's modules (issue #14), which renames the keywords
-# (`cfg=`/`config=` -> the section name; encode_latents' VAE folder becomes `vae_model=`) when it merges;
-# the lead empties this set then.
-AWAITING_HARNESS = set()
-                    "train_vae.py"}
 
 
 def _section_keywords(script: Path) -> list[tuple[str, str]]:
@@ -38,14 +33,6 @@ def test_the_schema_sections_are_found():
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_a_config_section_is_passed_under_its_own_name(script):
-    if script.name in AWAITING_HARNESS:
-        pytest.skip("the package function is renamed with the harness merge")
     wrong = [f"{kw}=snakemake.params.{name}" for kw, name in _section_keywords(script) if kw != name]
     assert not wrong, f"{script.name}: pass a config section as <section>=snakemake.params.<section>: {wrong}"
 
-
-def test_the_pending_scripts_are_the_ones_still_using_another_keyword():
-    """So the allow-list cannot outlive its reason: every entry in it still breaks the convention."""
-    compliant = [s.name for s in SCRIPTS if s.name in AWAITING_HARNESS
-                 and all(kw == name for kw, name in _section_keywords(s))]
-    assert not compliant, f"follow the convention now: remove {compliant} from AWAITING_HARNESS"

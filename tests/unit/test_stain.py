@@ -75,10 +75,11 @@ def test_seeding_batching_dtype_and_off_switch():
 
 
 def test_classifier_and_dino_augmentations_apply_the_configured_stain_jitter():
-    from duvflow.classifier.data import AugmentConfig as ClassifierAugment
+    from duvflow.classifier.config import ClassifierAugmentConfig as ClassifierAugment
     from duvflow.classifier.data import augment
-    from duvflow.ssl.augment import AugmentConfig as DinoAugment
-    from duvflow.ssl.augment import CropConfig, MultiCropAugment
+    from duvflow.ssl.augment import MultiCropAugment
+    from duvflow.ssl.config import CropConfig
+    from duvflow.ssl.config import DinoAugmentConfig as DinoAugment
 
     image = _he_like(b=1, size=16)[0].float()
     plain = {"hflip": False, "vflip": False, "rot90": False, "brightness": 0, "contrast": 0, "saturation": 0,
