@@ -54,6 +54,30 @@ def test_config_defaults_and_unknown_keys():
         TilingConfig.from_dict({"min_tissue_fraction": 1.5})
 
 
+def test_schema_documents_every_tiling_setting_with_a_matching_default():
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    schema = yaml.safe_load((root / "workflow/schemas/config.schema.yaml").read_text())["properties"]["tiling"]
+    assert schema["additionalProperties"] is False
+    props = schema["properties"]
+    fields = {f.name: f.default for f in dataclasses.fields(TilingConfig)}
+    assert set(props) == set(fields)
+    for key, spec in props.items():
+        assert spec.get("description") and "default" in spec, key
+        default = tuple(spec["default"]) if isinstance(spec["default"], list) else spec["default"]
+        assert default == fields[key], key
+        if spec["type"] in ("number", "integer"):
+            assert "minimum" in spec or "exclusiveMinimum" in spec, key  # bounds per key
+    for cfg_file in ("config/config.yaml", "config/demo.yaml", "tests/config.yaml"):
+        TilingConfig.from_dict(yaml.safe_load((root / cfg_file).read_text()).get("tiling", {}))
+    with pytest.raises(ValueError, match="channel_colours"):
+        TilingConfig.from_dict({"channel_colours": ["blue"]})
+
+
 # ------------------------------------------------------------------------------------------ reader
 
 
