@@ -251,11 +251,16 @@ def detect_tissue(rgb: np.ndarray, valid: np.ndarray | None = None, background: 
         base = float(np.median(_subsample(signal, bg_pixels)))
         noise = _pixel_noise(raw, bg_pixels)
         threshold = base + max(NOISE_K * noise / 3, MIN_CONTRAST[mode])  # a 3 x 3 mean has a third of the noise
-        # above the noise floor, or textured and at least faintly above the background (texture alone
-        # would grow a halo around every speck and tissue edge)
+        # above the noise floor, or textured and at least faintly above the background; texture is
+        # not trusted within the local-std window of background (it would grow a halo around every
+        # speck and tissue edge, and a line along the step between scanned and unscanned glass)
         faint = base + max(NOISE_K * noise / 6, MIN_CONTRAST[mode] / 2)
-        tissue = valid & ~bg_pixels & ((signal > threshold) | (~pixels.flat & (signal > faint)))
+        texture = ~pixels.flat & (signal > faint) & ~ndimage.binary_dilation(bg_pixels, np.ones((5, 5), bool))
+        tissue = valid & ~bg_pixels & ((signal > threshold) | texture)
         mask = _clean(tissue, max(_MIN_OBJECT_PX, int(min_object_frac * signal.size))) & valid
+        # holes whose only background is a speck (< 4 x the smallest object) are faint tissue too
+        real_background = _drop_small(bg_pixels, 4 * max(_MIN_OBJECT_PX, int(min_object_frac * signal.size)))
+        mask = _fill_holes_without_background(mask, real_background, valid)
         separation = float(np.median(_subsample(signal, mask)) - base) if mask.any() else 0.0
     else:
         lo, hi = np.percentile(_subsample(signal, valid), [1, 99]) if valid.any() else (0.0, 0.0)
@@ -276,6 +281,20 @@ def detect_tissue(rgb: np.ndarray, valid: np.ndarray | None = None, background: 
     return TissueMask(mask=mask, background=mode, threshold=float(threshold), separation=separation,
                       background_rgb=bg_rgb, background_found=found, background_method=method, noise=noise,
                       glass_fraction=ev.glass_fraction, dark_fraction=ev.dark_fraction, reference_rgb=reference)
+
+
+def _fill_holes_without_background(mask: np.ndarray, background: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Fill the holes of ``mask`` that hold no background pixel and do not reach the frame's edge:
+    enclosed by tissue and showing no glass (or dark background), they are faint tissue."""
+    labels, n = ndimage.label(valid & ~mask)
+    if n == 0:
+        return mask
+    has_background = np.bincount(labels[background], minlength=n + 1) > 0
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    fill = ~has_background
+    fill[edge] = False
+    fill[0] = False
+    return mask | fill[labels]
 
 
 def _pixel_noise(signal: np.ndarray, where: np.ndarray) -> float:
