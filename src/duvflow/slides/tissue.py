@@ -171,7 +171,6 @@ def _local_std(values: np.ndarray, size: int = 5) -> np.ndarray:
 def background_evidence(rgb: np.ndarray, valid: np.ndarray, pixels: _Pixels | None = None) -> BackgroundEvidence:
     """Where the thumbnail shows bright-field glass and where a dark fluorescence background."""
     px = pixels or _Pixels(rgb)
-    st = np.ones((3, 3), bool)
     glass = valid & px.flat & (px.lo >= GLASS_MIN) & (px.saturation <= GLASS_MAX_SATURATION)
     dark = valid & px.flat & (px.hi <= DARK_MAX)
     # Background is the darkest (fluorescence) or brightest (glass) population, not merely dark or
@@ -180,8 +179,8 @@ def background_evidence(rgb: np.ndarray, valid: np.ndarray, pixels: _Pixels | No
         dark &= px.hi <= float(np.percentile(_subsample(px.hi, valid), 0.5)) + EXTREME_BAND["dark"]
     if glass.any():
         glass &= px.lo >= float(np.percentile(_subsample(px.lo, valid), 99.5)) - EXTREME_BAND["bright"]
-    glass = ndimage.binary_opening(glass, st) if glass.any() else glass
-    dark = ndimage.binary_opening(dark, st) if dark.any() else dark
+    glass = _opening(glass, 3) if glass.any() else glass
+    dark = _opening(dark, 3) if dark.any() else dark
     n = max(1, int(valid.sum()))
     brightest = float(np.median(_subsample(px.hi, valid))) if valid.any() else 0.0
     return BackgroundEvidence(glass=glass, dark=dark, glass_fraction=float(glass.sum()) / n,
@@ -255,7 +254,7 @@ def detect_tissue(rgb: np.ndarray, valid: np.ndarray | None = None, background: 
         # not trusted within the local-std window of background (it would grow a halo around every
         # speck and tissue edge, and a line along the step between scanned and unscanned glass)
         faint = base + max(NOISE_K * noise / 6, MIN_CONTRAST[mode] / 2)
-        texture = ~pixels.flat & (signal > faint) & ~ndimage.binary_dilation(bg_pixels, np.ones((5, 5), bool))
+        texture = ~pixels.flat & (signal > faint) & ~_dilate(bg_pixels, 5)
         tissue = valid & ~bg_pixels & ((signal > threshold) | texture)
         mask = _clean(tissue, max(_MIN_OBJECT_PX, int(min_object_frac * signal.size))) & valid
         # holes whose only background is a speck (< 4 x the smallest object) are faint tissue too
@@ -326,13 +325,26 @@ def pen_marks(rgb: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
 
 def _clean(mask: np.ndarray, min_px: int) -> np.ndarray:
     """Open (drop specks), close (bridge hairline gaps), then drop small islands and fill small holes."""
-    st = np.ones((3, 3), bool)
     padded = np.pad(mask, 1, mode="edge")  # so closing does not erode tissue cut by the image edge
-    padded = ndimage.binary_opening(padded, st)
-    padded = ndimage.binary_closing(padded, st)
+    padded = _opening(padded, 3)
+    padded = _erode(_dilate(padded, 3), 3)  # closing
     mask = padded[1:-1, 1:-1]
     mask = _drop_small(mask, min_px)
     return ~_drop_small(~mask, min_px)
+
+
+# Binary morphology with a k x k square as separable min/max filters on uint8 (several times faster
+# than scipy's generic binary_erosion on thumbnails of millions of pixels); outside the image is 0.
+def _erode(mask: np.ndarray, k: int) -> np.ndarray:
+    return ndimage.minimum_filter(mask.view(np.uint8), size=k, mode="constant", cval=0).view(bool)
+
+
+def _dilate(mask: np.ndarray, k: int) -> np.ndarray:
+    return ndimage.maximum_filter(mask.view(np.uint8), size=k, mode="constant", cval=0).view(bool)
+
+
+def _opening(mask: np.ndarray, k: int) -> np.ndarray:
+    return _dilate(_erode(mask, k), k)
 
 
 def _drop_small(mask: np.ndarray, min_px: int) -> np.ndarray:
