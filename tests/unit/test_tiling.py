@@ -54,6 +54,30 @@ def test_config_defaults_and_unknown_keys():
         TilingConfig.from_dict({"min_tissue_fraction": 1.5})
 
 
+def test_schema_documents_every_tiling_setting_with_a_matching_default():
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    schema = yaml.safe_load((root / "workflow/schemas/config.schema.yaml").read_text())["properties"]["tiling"]
+    assert schema["additionalProperties"] is False
+    props = schema["properties"]
+    fields = {f.name: f.default for f in dataclasses.fields(TilingConfig)}
+    assert set(props) == set(fields)
+    for key, spec in props.items():
+        assert spec.get("description") and "default" in spec, key
+        default = tuple(spec["default"]) if isinstance(spec["default"], list) else spec["default"]
+        assert default == fields[key], key
+        if spec["type"] in ("number", "integer"):
+            assert "minimum" in spec or "exclusiveMinimum" in spec, key  # bounds per key
+    for cfg_file in ("config/config.yaml", "config/demo.yaml", "tests/config.yaml"):
+        TilingConfig.from_dict(yaml.safe_load((root / cfg_file).read_text()).get("tiling", {}))
+    with pytest.raises(ValueError, match="channel_colours"):
+        TilingConfig.from_dict({"channel_colours": ["blue"]})
+
+
 # ------------------------------------------------------------------------------------------ reader
 
 
@@ -112,9 +136,10 @@ def test_reader_plain_image_modes(tmp_path):
     with open_slide(grey) as s:
         assert (s.read_rgb((0, 0), 0, (10, 10)) == 77).all()
     odd = tmp_path / "odd.tiff"
-    tifffile.imwrite(odd, np.zeros((5, 50, 60), np.uint16), photometric="minisblack")  # 5 channels: which 3?
-    with pytest.raises(SlideReadError, match=r"odd\.tiff.*shape \(5, 50, 60\)"):
+    tifffile.imwrite(odd, np.zeros((2, 5, 50, 60), np.uint16), photometric="minisblack")  # 2 x 5 planes: which 3?
+    with pytest.raises(SlideReadError, match=r"odd\.tiff.*shape \(2, 5, 50, 60\)"):
         open_slide(odd)
+    # (5 grayscale planes are channels now: see test_multichannel_fluorescence_tiff)
 
 
 def _fluorescence_12bit(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -156,7 +181,7 @@ def test_tiled_16_bit_tiff_is_rescaled_unless_too_large(tmp_path, monkeypatch):
     with open_slide(path) as s:
         assert s.kind == "image" and s.mpp_xy == pytest.approx((0.5, 0.5))
         assert s.read_rgb((100, 80), 0, (200, 140)).mean() > 120
-    monkeypatch.setattr("duvflow.slides.reader.available_memory", lambda: 1 << 20)
+    monkeypatch.setattr("duvflow.slides.images.available_memory", lambda: 1 << 20)
     with open_slide(path) as s:
         assert s.kind == "openslide" and s.read_rgb((100, 80), 0, (200, 140)).mean() < 16
         assert any("high 8 bits" in note for note in s.notes)
@@ -203,7 +228,7 @@ def test_large_plain_images_are_not_refused_by_the_pixel_limit(tmp_path, brightf
 
 
 def test_plain_image_too_large_for_memory_names_file_and_remedy(tmp_path, brightfield_png, monkeypatch):
-    monkeypatch.setattr("duvflow.slides.reader.available_memory", lambda: 1 << 20)
+    monkeypatch.setattr("duvflow.slides.images.available_memory", lambda: 1 << 20)
     with pytest.raises(SlideReadError, match=r"brightfield\.png.*1200x1000.*GiB available.*pyramidal TIFF"):
         open_slide(brightfield_png)
 
@@ -480,3 +505,159 @@ def test_cohort_qc_table_and_plot(tmp_path, tiny_pyramid_tiff, tissue_free_tiff,
     assert int(df["n_patches"].sum()) == int(tsv["n_patches"].sum())
     with Image.open(tmp_path / "qc" / "cohort.png") as img:
         assert img.format == "PNG" and img.width > 300
+
+
+# ------------------------------------------------------------------- multi-channel fluorescence, patch QC
+
+
+def test_empty_file_says_so(tmp_path):
+    path = tmp_path / "empty.svs"
+    path.write_bytes(b"")
+    with pytest.raises(SlideReadError, match=r"empty\.svs.*the file is empty \(0 bytes\)"):
+        open_slide(path)
+
+
+def _multiplex(h: int = 600, w: int = 800, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(3, h, w) uint8 channels, dim on black: DAPI nuclei in a tissue disc, a marker in its right half only,
+    an autofluorescence channel that is almost empty."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    tissue = np.hypot(yy - h / 2, xx - w / 2) < min(h, w) * 0.35
+    nuclei = tissue & (np.sin(yy / 4.0) * np.sin(xx / 4.0) > 0.2)
+    ch = rng.normal(3, 1.0, (3, h, w))
+    ch[0][nuclei] += 30  # dim nuclei
+    ch[0][tissue] += 6
+    ch[1][tissue & (xx > w / 2)] += 25  # a membrane marker in half of the tissue
+    ch[2][tissue] += 3
+    return np.clip(ch, 0, 255).astype(np.uint8), tissue
+
+
+def _write_qptiff_like(path, channels: np.ndarray) -> None:
+    """One tiled grayscale page per channel, then an RGB thumbnail page (as QPTIFF / Vectra files)."""
+    with tifffile.TiffWriter(path) as tw:
+        for plane in channels:
+            tw.write(plane, photometric="minisblack", tile=(128, 128), resolution=(2e4, 2e4),
+                     resolutionunit="CENTIMETER")
+        tw.write(np.zeros((60, 80, 3), np.uint8), photometric="rgb")
+
+
+def test_multichannel_fluorescence_tiff(tmp_path):
+    channels, tissue = _multiplex()
+    path = tmp_path / "multiplex.tif"
+    _write_qptiff_like(path, channels)
+    with open_slide(path) as s:  # OpenSlide alone would show channel 0 as grey
+        assert s.kind == "image" and s.dimensions == (800, 600) and s.mpp == pytest.approx(0.5)
+        assert any("3 uint8 channels" in n and "0:#0000ff" in n for n in s.notes)
+        rgb = s.read_rgb((0, 0), 0, (800, 600))
+    right = rgb[250:350, 450:550].astype(float).mean((0, 1))
+    left = rgb[250:350, 250:350].astype(float).mean((0, 1))
+    assert right[1] > 100 and left[1] < 30  # the marker (channel 1) is green, only where it is
+    assert left[2] > 40  # the nuclei (channel 0) blue
+    rec, p = _tile(tmp_path, path, patch_size=100, min_tissue_fraction=0.6)
+    assert rec["status"] == "ok" and rec["background"] == "dark" and rec["background_found"]
+    assert any("pseudo-colour composite" in prob for prob in rec["problems"])
+    assert rec["tissue_fraction"] == pytest.approx(tissue.mean(), abs=0.03)  # all of the tissue, not just nuclei
+    table = pd.read_parquet(p["tiles"])
+    assert len(table) >= 12
+    # a configured mapping: channel 1 red
+    rec2, p2 = _tile(tmp_path / "red", path, patch_size=100, channel_colours=["#0000ff", "#ff0000", "#00ff00"])
+    patches = PatchStore(p2["store"]).read_many(range(rec2["n_patches"])).astype(float)
+    assert patches[..., 0].mean() > patches[..., 1].mean()
+
+
+def test_ome_tiff_channels_are_read(tmp_path):
+    channels, _ = _multiplex(300, 400)
+    path = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(path, channels.astype(np.uint16) * 16, photometric="minisblack", metadata={"axes": "CYX"},
+                     ome=True)
+    with open_slide(path) as s:
+        assert any("3 uint16 channels" in n for n in s.notes)
+        rgb = s.read_rgb((0, 0), 0, (400, 300)).astype(float)
+    assert rgb[130:170, 220:260, 1].mean() > 60 and rgb[130:170, 140:180, 1].mean() < 10  # channel 1 green
+
+
+def test_patch_qc_filters_are_counted(tmp_path, brightfield_png):
+    # every grid cell offered (min_tissue_fraction 0): the glass-only ones fail the background filter
+    rec, p = _tile(tmp_path, brightfield_png, patch_size=100, min_tissue_fraction=0.0)
+    table = pd.read_parquet(p["tiles"])
+    assert rec["n_filtered_background"] > 0 and rec["n_tissue_patches"] == rec["n_candidates"]
+    assert rec["n_patches"] + rec["n_filtered_background"] + rec["n_filtered_focus"] + rec["n_filtered_pen"] \
+        == rec["n_tissue_patches"]
+    assert (table["background_fraction"] <= 0.9).all() and (table["focus"] > 2.0).all()
+    assert len(PatchStore(p["store"])) == len(table) == rec["n_patches"]
+    assert (PatchStore(p["store"]).coords == table[["x", "y"]].to_numpy()).all()
+    off, _ = _tile(tmp_path / "off", brightfield_png, patch_size=100, min_tissue_fraction=0.0,
+                   max_background_fraction=1.0, min_focus=0.0)
+    assert off["n_patches"] == off["n_candidates"] and off["n_filtered_background"] == 0
+
+
+def test_out_of_focus_and_pen_patches_are_dropped(tmp_path):
+    rng = np.random.default_rng(4)
+    img = np.clip(rng.normal((242, 242, 244), 2.0, (400, 600, 3)), 0, 255).astype(np.uint8)
+    tissue = np.clip(rng.normal((200, 120, 180), 25, (400, 400, 3)), 0, 255).astype(np.uint8)
+    img[:, :400] = tissue
+    img[:200, 200:400] = (205, 125, 185)  # a featureless (blurred-out) region: no texture at all
+    img[200:, :200] = np.clip(rng.normal((40, 150, 90), 8, (200, 200, 3)), 0, 255)  # green marker
+    path = tmp_path / "qc.png"
+    Image.fromarray(img).save(path)
+    rec, p = _tile(tmp_path, path, patch_size=100, background="bright")
+    table = pd.read_parquet(p["tiles"])
+    kept = set(zip(table["x"], table["y"], strict=True))
+    assert rec["n_filtered_focus"] == 4 and not kept & {(x, y) for x in (200, 300) for y in (0, 100)}
+    assert rec["n_filtered_pen"] == 4 and not kept & {(x, y) for x in (0, 100) for y in (200, 300)}
+    assert kept == {(0, 0), (100, 0), (0, 100), (100, 100), (200, 200), (300, 200), (200, 300), (300, 300)}
+    assert rec["pen_fraction"] > 0.1
+
+
+def test_small_fragment_stays_in_mask_and_thumbnail(tmp_path):
+    rng = np.random.default_rng(5)
+    img = np.clip(rng.normal((243, 243, 245), 2.0, (1200, 1600, 3)), 0, 255).astype(np.uint8)
+    img[700:730, 300:340] = np.clip(rng.normal((190, 110, 170), 20, (30, 40, 3)), 0, 255)  # 30 x 40 px
+    path = tmp_path / "fragment.png"
+    Image.fromarray(img).save(path)
+    rec, p = _tile(tmp_path, path, patch_size=256, thumbnail_max=800)
+    assert rec["status"] == "no_tissue" and "no patch" in rec["reason"]
+    assert rec["tissue_area_px"] == pytest.approx(1200, rel=0.35)
+    with Image.open(p["thumbnail"]) as qc:
+        arr = np.asarray(qc.convert("RGB")).astype(int)
+    greenish = (arr[..., 1] > arr[..., 0] + 20) & (arr[..., 1] > arr[..., 2] + 20)
+    assert greenish.sum() >= 20  # the fragment is tinted on the QC image
+
+
+def test_status_record_keys(tmp_path, tiny_pyramid_tiff, corrupt_slide):
+    old_keys = {"slide_id", "label", "path", "status", "reason", "n_patches", "n_candidates", "background",
+                "background_requested", "tissue_area_mm2", "tissue_area_px", "tissue_fraction", "mpp", "mpp_x",
+                "mpp_y", "mpp_source", "level", "patch_size", "size_level0", "patch_um", "min_tissue_fraction",
+                "dimensions", "level_count", "vendor", "problems", "background_rgb", "threshold", "downsample",
+                "elapsed_s", "duvflow_version"}
+    new_keys = {"background_method", "background_found", "background_noise", "glass_fraction", "dark_fraction",
+                "pen_fraction", "tissue_rgb", "n_tissue_patches", "n_filtered_background", "n_filtered_focus",
+                "n_filtered_pen"}
+    _, p = _tile(tmp_path, tiny_pyramid_tiff, patch_size=128)
+    _, q = _tile(tmp_path, corrupt_slide, name="bad", on_bad_slide="skip")
+    for path in (p["status"], q["status"]):
+        assert set(json.loads(path.read_text())) == old_keys | new_keys
+
+
+def test_cohort_flags(tmp_path):
+    from duvflow.slides.qc import cohort_table
+
+    paths = []
+    for i in range(7):
+        rec = {"slide_id": f"s{i}", "label": "benign", "status": "ok", "reason": "", "background": "bright",
+               "n_patches": 100 + i, "n_candidates": 300, "tissue_fraction": 0.5 + 0.01 * i,
+               "tissue_rgb": [200 + i, 120, 180], "problems": []}
+        if i == 4:
+            rec["background"] = "dark"  # the odd one out
+        if i == 5:
+            rec["n_patches"] = 3
+        if i == 6:
+            rec["tissue_rgb"] = [120, 60, 200]  # another stain batch
+        path = tmp_path / f"s{i}.json"
+        path.write_text(json.dumps(rec))
+        paths.append(path)
+    flags = cohort_table(paths).set_index("slide_id")["flags"]
+    assert "majority is bright" in flags["s4"]
+    assert "kept patches low" in flags["s5"]
+    assert "tissue colour far" in flags["s6"]
+    assert flags["s0"] == flags["s1"] == ""

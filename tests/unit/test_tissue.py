@@ -146,3 +146,103 @@ def test_tissue_free_slide(tissue_free_tiff):
     res = detect_tissue(rgba[..., :3])
     assert res.background == "dark"
     assert not res.mask.any()
+
+
+# ------------------------------------------------------------------ real pixels (scikit-image's IHC micrograph)
+
+
+def _ihc() -> np.ndarray:
+    """scikit-image's 512 x 512 IHC micrograph (bundled, offline): real bright-field tissue filling the frame."""
+    from skimage import data
+
+    return data.immunohistochemistry()
+
+
+@pytest.mark.parametrize("mode", ["bright", "auto"])
+def test_real_brightfield_frame_is_tissue(mode):
+    res = detect_tissue(_ihc(), background=mode)
+    assert res.background == "bright"
+    assert res.fraction >= 0.95
+
+
+def test_real_brightfield_without_glass_is_all_tissue_and_says_so():
+    res = detect_tissue(_ihc()[:256, 100:])  # a crop that tissue fills entirely
+    assert res.background == "bright" and not res.background_found
+    assert res.fraction == 1.0  # Otsu would have split stroma from epithelium here
+    assert "no background" in res.background_method
+
+
+@pytest.mark.parametrize("mode", ["bright", "auto"])
+def test_real_brightfield_padded_with_glass(mode):
+    rng = np.random.default_rng(0)
+    slide = np.clip(rng.normal((243, 243, 245), 2.0, (800, 800, 3)), 0, 255).astype(np.uint8)
+    slide[150:662, 150:662] = _ihc()
+    res = detect_tissue(slide, background=mode)
+    assert res.background == "bright" and res.background_found
+    assert res.mask[150:662, 150:662].mean() >= 0.95
+    outside = res.mask.copy()
+    outside[146:666, 146:666] = False  # a few pixels of edge smoothing aside, the glass is not tissue
+    assert not outside.any()
+    assert min(res.background_rgb) > 235
+
+
+def _dark_field_ihc(seed: int = 0) -> np.ndarray:
+    """The IHC image inverted and dimmed by half: a dim fluorescence-like image of the same tissue."""
+    rng = np.random.default_rng(seed)
+    inverted = (255 - _ihc().astype(np.float64)) * 0.5 + rng.normal(0, 1.0, (512, 512, 3))
+    return np.clip(inverted, 0, 255).astype(np.uint8)
+
+
+def test_real_tissue_dimmed_and_inverted_is_found_in_dark_mode():
+    res = detect_tissue(_dark_field_ihc())
+    assert res.background == "dark"
+    assert res.fraction >= 0.8  # the darkest, flattest stroma is indistinguishable from a background
+    rng = np.random.default_rng(1)
+    slide = np.clip(rng.normal(3, 1.5, (800, 800, 3)), 0, 255).astype(np.uint8)  # camera noise on black
+    slide[150:662, 150:662] = _dark_field_ihc()
+    res = detect_tissue(slide)
+    assert res.background == "dark" and res.background_found and "dark flat background" in res.background_method
+    assert res.mask[150:662, 150:662].mean() >= 0.95
+    outside = res.mask.copy()
+    outside[146:666, 146:666] = False
+    assert not outside.any()
+
+
+def test_dim_fluorescence_above_the_noise_floor_is_tissue():
+    # tissue only 8 grey levels above a black background with noise sigma 1 (clearly visible by eye)
+    rng = np.random.default_rng(3)
+    truth = _blob()
+    img = rng.normal(4, 1.0, truth.shape + (3,))
+    yy, xx = np.mgrid[0:truth.shape[0], 0:truth.shape[1]]
+    nuclei = (np.sin(yy / 3.0) * np.sin(xx / 3.0) > 0.3) & truth
+    img[truth] += 8
+    img[nuclei] += 60  # bright nuclei in dim tissue
+    rgb = np.clip(img, 0, 255).astype(np.uint8)
+    res = detect_tissue(rgb)
+    assert res.background == "dark" and res.background_found and 0.5 < res.noise < 1.5  # the noise floor, measured
+    assert _iou(res.mask, truth) > 0.9
+    # a global Otsu split of the same signal finds the nuclei, not the tissue
+    t, _, _ = otsu_threshold(rgb.max(-1))
+    assert _iou(rgb.max(-1) > t, truth) < 0.6
+
+
+def test_pen_marks_found_on_brightfield_not_on_stain():
+    from duvflow.slides.tissue import pen_marks
+
+    truth = _blob()
+    rgb = _brightfield(truth)
+    assert not pen_marks(rgb).any()  # H&E-like pink/purple and glass are never ink
+    rgb[60:66, 100:300] = (40, 150, 90)  # a green marker stroke
+    rgb[240:250, 50:60] = (25, 25, 30)  # black ink
+    ink = pen_marks(rgb)
+    assert ink[62, 150:250].all() and ink[244, 54]
+    assert ink.sum() < 2 * (6 * 200 + 10 * 10)  # the strokes and a rim of smoothing, nothing else
+
+
+def test_auto_records_how_the_mode_was_chosen():
+    truth = _blob()
+    bright = detect_tissue(_brightfield(truth))
+    dark = detect_tissue(_fluorescence(truth))
+    assert "glass" in bright.background_method and bright.background_found and bright.glass_fraction > 0.5
+    assert "dark flat background" in dark.background_method and dark.dark_fraction > 0.5
+    assert detect_tissue(_fluorescence(truth), background="dark").background_method == "requested"

@@ -3,6 +3,12 @@
 The table (TSV) is what a person scans for problems before training: which slides were skipped and
 why, which yielded no tissue, how many patches each gave, how much tissue, which background mode the
 tissue detector chose, and whether the microns per pixel came from the file.
+
+``flags`` marks slides that stand out from the cohort (the run goes on; a flag asks for a look at
+the slide's QC thumbnail): a background mode other than the cohort's majority, a tissue fraction
+or kept-patch count that is a robust outlier (more than ``OUTLIER_Z`` median absolute deviations
+from the median, the latter on a log scale), or a median tissue colour far from the cohort's (a
+scanner or stain batch). Outliers need at least ``MIN_SLIDES_FOR_OUTLIERS`` usable slides.
 """
 
 from __future__ import annotations
@@ -22,7 +28,11 @@ __all__ = ["QC_COLUMNS", "cohort_table", "plot_cohort", "qc_cohort"]
 _log = logging.getLogger(__name__)
 
 QC_COLUMNS = ("slide_id", "label", "status", "reason", "n_patches", "n_candidates", "tissue_area_mm2",
-              "tissue_area_px", "background", "mpp", "mpp_source", "patch_size", "level", "problems")
+              "tissue_area_px", "background", "mpp", "mpp_source", "patch_size", "level", "problems",
+              "flags", "tissue_fraction", "background_method", "background_found", "n_tissue_patches",
+              "n_filtered_background", "n_filtered_focus", "n_filtered_pen", "tissue_rgb")
+OUTLIER_Z = 3.5  # robust z-score (Iglewicz & Hoaglin's cut-off for the modified z-score)
+MIN_SLIDES_FOR_OUTLIERS = 5
 _LABEL_COLOURS = {"benign": "#4c9be8", "malignant": "#e8704c"}
 
 
@@ -38,13 +48,54 @@ def cohort_table(status: Sequence[str | os.PathLike]) -> pd.DataFrame:
         elif rec.get("status") == "no_tissue":
             problems.insert(0, "no tissue patches")
         row["problems"] = "; ".join(problems)
+        rgb = rec.get("tissue_rgb")
+        row["tissue_rgb"] = ",".join(str(v) for v in rgb) if rgb else None
         rows.append(row)
     df = pd.DataFrame(rows, columns=list(QC_COLUMNS))
-    for col in ("n_patches", "n_candidates"):
+    for col in ("n_patches", "n_candidates", "n_tissue_patches", "n_filtered_background", "n_filtered_focus",
+                "n_filtered_pen"):
         df[col] = df[col].fillna(0).astype(np.int64)
     for col in ("tissue_area_px", "patch_size", "level"):  # empty (not NaN floats) for skipped slides
         df[col] = df[col].astype("Int64")
-    return df.sort_values("slide_id", kind="stable").reset_index(drop=True)
+    df = df.sort_values("slide_id", kind="stable").reset_index(drop=True)
+    df["flags"] = cohort_flags(df)
+    return df
+
+
+def _robust_z(values: pd.Series) -> pd.Series:
+    med = values.median()
+    mad = (values - med).abs().median()
+    if not np.isfinite(mad) or mad == 0:
+        return pd.Series(0.0, index=values.index)
+    return 0.6745 * (values - med) / mad
+
+
+def cohort_flags(df: pd.DataFrame) -> list[str]:
+    """Per row, the ways the slide stands out from the cohort ("" when it does not)."""
+    flags = {i: [] for i in df.index}
+    used = df[df["status"] != "skipped"]
+    modes = used["background"].dropna()
+    if len(modes) >= 3:
+        counts = modes.value_counts()
+        if len(counts) > 1 and counts.iloc[0] > counts.iloc[1]:
+            majority = counts.index[0]
+            for i in modes.index[modes != majority]:
+                flags[i].append(f"background {modes[i]} but the cohort's majority is {majority}")
+    ok = df[df["status"] == "ok"]
+    if len(ok) >= MIN_SLIDES_FOR_OUTLIERS:
+        checks = (("tissue fraction", ok["tissue_fraction"].astype(float)),
+                  ("kept patches", np.log1p(ok["n_patches"].astype(float))))
+        for name, values in checks:
+            z = _robust_z(values)
+            for i in z.index[z.abs() > OUTLIER_Z]:
+                flags[i].append(f"{name} {'high' if z[i] > 0 else 'low'} for the cohort (robust z {z[i]:+.1f})")
+        colours = ok["tissue_rgb"].dropna()
+        if len(colours) >= MIN_SLIDES_FOR_OUTLIERS:
+            rgb = pd.DataFrame([[float(v) for v in c.split(",")] for c in colours], index=colours.index)
+            z = pd.concat([_robust_z(rgb[c]) for c in rgb.columns], axis=1).abs().max(axis=1)
+            for i in z.index[z > OUTLIER_Z]:
+                flags[i].append(f"tissue colour far from the cohort's (robust z {z[i]:.1f}: scanner or stain batch?)")
+    return ["; ".join(flags[i]) for i in df.index]
 
 
 def plot_cohort(df: pd.DataFrame, path: str | os.PathLike) -> None:
@@ -84,8 +135,13 @@ def plot_cohort(df: pd.DataFrame, path: str | os.PathLike) -> None:
     for i, bg in enumerate(df["background"]):
         if isinstance(bg, str):
             ax.annotate(bg[0], (i, 0), xytext=(0, 2), textcoords="offset points", ha="center", fontsize=7)
+    for i, flag in enumerate(df["flags"]):
+        if flag:  # flagged slides: a red "!" above their patch bar
+            axes[0].annotate("!", (i, df["n_patches"].iloc[i]), xytext=(0, 2), textcoords="offset points",
+                             ha="center", fontsize=11, fontweight="bold", color="#cc0000")
     ax.set_xticks(x, df["slide_id"], rotation=60, ha="right", fontsize=8)
-    ax.set_xlabel("slide (letter in the lower panel: background mode, d = dark, b = bright)")
+    ax.set_xlabel("slide (letter in the lower panel: background mode, d = dark, b = bright; "
+                  "red ! above a bar: cohort QC flag, see cohort.tsv)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
@@ -99,6 +155,9 @@ def qc_cohort(*, status: Sequence[str | os.PathLike], table: str | os.PathLike, 
     if len(bad):
         _log.warning("%d of %d slide(s) unusable: %s", len(bad), len(df),
                      ", ".join(f"{s} ({st})" for s, st in zip(bad["slide_id"], bad["status"], strict=True)))
+    flagged = df[df["flags"] != ""]
+    for sid, flag in zip(flagged["slide_id"], flagged["flags"], strict=True):
+        _log.warning("cohort QC flag for %s: %s", sid, flag)
     write_csv(df, table)
     plot_cohort(df, plot)
     _log.info("QC of %d slides: %d patches in %d usable slides", len(df), int(df["n_patches"].sum()),

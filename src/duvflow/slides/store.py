@@ -20,10 +20,10 @@ from typing import Self
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "PatchStore", "PatchStoreWriter"]
+__all__ = ["COMPRESSIONS", "FORMAT_VERSION", "PatchStore", "PatchStoreWriter"]
 
 FORMAT_VERSION = 1
-_COMPRESSION = {"lzf": ("lzf", None), "gzip": ("gzip", 4), "none": (None, None)}
+COMPRESSIONS = {"lzf": ("lzf", None), "gzip": ("gzip", 4), "none": (None, None)}
 
 
 class PatchStoreWriter:
@@ -48,9 +48,9 @@ class PatchStoreWriter:
 
         from duvflow.core.provenance import code_version
 
-        if compression not in _COMPRESSION:
-            raise ValueError(f"unknown store compression {compression!r}; use one of {sorted(_COMPRESSION)}")
-        codec, level = _COMPRESSION[compression]
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"unknown store compression {compression!r}; use one of {sorted(COMPRESSIONS)}")
+        codec, level = COMPRESSIONS[compression]
         self.compression = compression
         self.patch_size = patch_size
         self._file = h5py.File(path, "w")
@@ -83,7 +83,7 @@ class PatchStoreWriter:
         if self.compression == "lzf":
             data = imagecodecs.lzf_encode(patch)  # the raw LZF stream h5py's lzf filter reads
         else:
-            data = imagecodecs.zlib_encode(patch, level=_COMPRESSION["gzip"][1])  # HDF5 deflate = zlib stream
+            data = imagecodecs.zlib_encode(patch, level=COMPRESSIONS["gzip"][1])  # HDF5 deflate = zlib stream
         self._futile = 0 if len(data) <= (1 - self._MIN_SAVING) * patch.nbytes else self._futile + 1
         return (data, 0) if len(data) < patch.nbytes else (patch, 1)
 
@@ -93,6 +93,13 @@ class PatchStoreWriter:
 
     def write(self, index: int, patch: np.ndarray, xy: tuple[int, int]) -> None:
         self.write_encoded(index, *self.encode(patch), xy)
+
+    def truncate(self, n: int) -> None:
+        """Keep only the first ``n`` patches (fewer passed patch QC than were allocated)."""
+        if n < len(self._coords):
+            if len(self._coords):
+                self.patches.resize((n, self.patch_size, self.patch_size, 3))
+            self._coords = self._coords[:n]
 
     def close(self) -> None:
         if self._file:
