@@ -110,6 +110,13 @@ rule measure_fidelity:
         teacher_config=out("dino", "fold_{fold}", "teacher.json"),
     output:
         report=out("fid", "{cond}", "fold_{fold}.json"),
+        neighbours=report(
+            out("fid", "{cond}", "fold_{fold}_neighbours.png"),
+            caption="../report/memorisation.rst",
+            category="4. Latent diffusion",
+            subcategory="Memorisation audit",
+            labels={"conditioning": "{cond}", "fold": "{fold}"},
+        ),
     log:
         out("logs", "measure_fidelity", "{cond}", "fold_{fold}.log"),
     benchmark:
@@ -126,6 +133,33 @@ rule measure_fidelity:
         seed=config["seed"],
     script:
         "../scripts/measure_fidelity.py"
+
+
+rule measure_reconstruction:
+    input:
+        unpack(get_tile_tables),
+        splits=out("splits.csv"),
+        vae=out("vae", "fold_{fold}"),
+    output:
+        report=out("fid", "reconstruction", "fold_{fold}.json"),
+    log:
+        out("logs", "measure_reconstruction", "fold_{fold}.log"),
+    benchmark:
+        out("benchmarks", "measure_reconstruction", "fold_{fold}.tsv")
+    conda:
+        "../envs/duvflow.yaml"
+    # the same kind of job as measure_fidelity (Inception features of a few thousand patches)
+    threads: res("measure_fidelity", "threads")
+    resources:
+        mem_mb=res("measure_fidelity", "mem_mb"),
+        runtime=res("measure_fidelity", "runtime"),
+        gpu=gpus("measure_fidelity"),
+    params:
+        fidelity=cfg("fidelity"),
+        image_size=config["vae"]["image_size"],
+        seed=config["seed"],
+    script:
+        "../scripts/measure_reconstruction.py"
 
 
 rule plot_samples:
@@ -159,6 +193,9 @@ rule summarise_fidelity:
     input:
         reports=expand(
             out("fid", "{cond}", "fold_{fold}.json"), cond=LDM_CONDS, fold=cv_folds()
+        ),
+        reconstruction=expand(
+            out("fid", "reconstruction", "fold_{fold}.json"), fold=cv_folds()
         ),
     output:
         table=report(

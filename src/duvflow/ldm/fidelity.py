@@ -32,17 +32,20 @@ import torch
 from torch import nn
 
 from duvflow.core.config import from_dict
-from duvflow.core.io import read_json, write_csv, write_json
+from duvflow.core.io import atomic_path, read_json, write_csv, write_json
 from duvflow.core.patches import PatchDataset, resize_batch
 from duvflow.core.runtime import configure_threads, progress, select_device
 from duvflow.core.splits import fold_seed
 from duvflow.ldm.common import run_metadata
 from duvflow.ldm.config import FidelityConfig
 from duvflow.ldm.data import fold_training_patches
+from duvflow.ldm.figures import plot_nearest_pairs
+from duvflow.ldm.memorisation import audit_memorisation
 
 __all__ = [
     "EmbedderFeatures",
     "InceptionFeatures",
+    "QuantisedImages",
     "extract_features",
     "find_inception",
     "frechet_distance",
@@ -53,6 +56,10 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 FID_HELPER_FILE = "default_1.pt"
+MIN_FID_IMAGES = 2048  # below this FID is noticeably biased upwards (Chong & Forsyth, 2020)
+# FD-DINO is measured in the DINO teacher's space, which is also the SSL arm's conditioning space:
+# it favours that arm, so tables label it as such
+FD_DINO_SPACE = "DINO teacher embedding = the SSL arm's conditioning space (favours the ssl arm)"
 
 
 class InceptionFeatures(nn.Module):
@@ -73,9 +80,10 @@ class InceptionFeatures(nn.Module):
             images = images.float() / 255.0
         if self.uint8_input:
             return self.net((images.clamp(0, 1) * 255).round().to(torch.uint8)).reshape(len(images), -1)
+        # pytorch-fid's preprocessing of the same network: bilinear resize without antialiasing, then [0, 1] -> [-1, 1]
         x = torch.nn.functional.interpolate(images.float(), size=(self.size, self.size), mode="bilinear",
                                             align_corners=False)
-        x = (x * 2 - 1).clamp(-1.0, 1.0 - 2.0 / 256)
+        x = x * 2 - 1
         with torch.jit.optimized_execution(False):  # TorchScript's profiling runs only slow down short jobs
             return self.net(x).reshape(len(images), -1)
 
@@ -192,6 +200,7 @@ class _PngImages:
 
     def __init__(self, files: Sequence[Path]):
         self.files = list(files)
+        self.image_size = _image_size(self.files[0]) if self.files else 0
 
     def __len__(self) -> int:
         return len(self.files)
@@ -206,8 +215,8 @@ class _PngImages:
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
 
 
-class _RealImages:
-    """Real patches resized to the LDM resolution and quantised to 8 bit like the PNGs."""
+class QuantisedImages:
+    """Real patches resized to the LDM resolution and quantised to 8 bit like the PNGs (lossless)."""
 
     def __init__(self, dataset: PatchDataset):
         self.dataset = dataset
@@ -223,31 +232,23 @@ class _RealImages:
 
 def measure_fidelity(*, synthetic: str, tables: Sequence[str], stores: Sequence[str], statuses: Sequence[str] | None,
                      splits: str, fold: str, condition: str, teacher: str, output: str, cfg: dict, seed: int,
-                     teacher_config: str | None = None, threads: int = 1) -> None:
-    """FID, FD-DINO and KID of one synthetic folder against the fold's real training patches."""
-    from duvflow.ssl.model import load_teacher
-
+                     teacher_config: str | None = None, neighbours: str | None = None, threads: int = 1) -> None:
+    """FID, FD-DINO, KID and the memorisation audit of one synthetic folder against the fold's real
+    training patches; ``neighbours`` (optional PNG) shows the closest synthetic/real pairs."""
     cfg = from_dict(FidelityConfig, cfg, "fidelity")
     configure_threads(threads)
     device = select_device(cfg.device)
     seed = fold_seed(seed, fold)
-    manifest = pd.read_parquet(Path(synthetic) / "manifest.parquet")
-    syn_files = [Path(synthetic) / f for f in manifest["file"]]
-    rng = np.random.default_rng(seed)
-    if len(syn_files) > cfg.max_synthetic:
-        syn_files = [syn_files[i] for i in np.sort(rng.choice(len(syn_files), cfg.max_synthetic, replace=False))]
-    fake = _PngImages(syn_files)
-    size = _image_size(fake)
-    index = fold_training_patches(tables, stores, statuses, splits, fold)
-    if len(index) > cfg.max_real:
-        index = index.iloc[np.sort(rng.choice(len(index), cfg.max_real, replace=False))].reset_index(drop=True)
-    real = _RealImages(PatchDataset(index, size=size))
+    fake, real = _fidelity_sets(synthetic, tables, stores, statuses, splits, fold, cfg, seed)
     result = {"condition": condition, "fold": str(fold), "n_real": len(real), "n_synthetic": len(fake),
-              "image_size": size, "fid": None, "fid_note": "", "kid": None, "kid_std": None,
-              "fd_dino": None, "kid_dino": None, "kid_dino_std": None}
+              "image_size": fake.image_size, "fid": None, "fid_note": "", "kid": None, "kid_std": None,
+              "fd_dino": None, "kid_dino": None, "kid_dino_std": None, "fd_dino_space": FD_DINO_SPACE,
+              "near_copy_percentile": cfg.near_copy_percentile}
     if len(fake) < 2 or len(real) < 2:
         result["fid_note"] = f"too few images ({len(real)} real, {len(fake)} synthetic) for Frechet distances"
         _log.warning("fold %s %s: %s", fold, condition, result["fid_note"])
+        if neighbours:
+            _empty_figure(neighbours, result["fid_note"])
         write_json({**result, **run_metadata()}, output)
         return
 
@@ -261,6 +262,10 @@ def measure_fidelity(*, synthetic: str, tables: Sequence[str], stores: Sequence[
         result["fid"] = frechet_distance(f_real, f_fake)
         result["kid"], result["kid_std"] = kernel_distance(f_real, f_fake, cfg.kid_subset_size, cfg.kid_subsets, seed)
         result["fid_note"] = f"Inception-v3 from {source}"
+        result.update(audit_memorisation(f_real, f_fake, space="inception", percentile=cfg.near_copy_percentile)
+                      .summary())
+    from duvflow.ssl.model import load_teacher
+
     embedder, _ = load_teacher(teacher, teacher_config)
     dino = EmbedderFeatures(embedder)
     d_real = extract_features(dino, real, cfg.batch_size, device, "DINO real")
@@ -268,17 +273,67 @@ def measure_fidelity(*, synthetic: str, tables: Sequence[str], stores: Sequence[
     result["fd_dino"] = frechet_distance(d_real, d_fake)
     result["kid_dino"], result["kid_dino_std"] = kernel_distance(d_real, d_fake, cfg.kid_subset_size,
                                                                  cfg.kid_subsets, seed)
-    if min(len(real), len(fake)) < 2048:
+    audit = audit_memorisation(d_real, d_fake, space="dino", percentile=cfg.near_copy_percentile, normalise=True)
+    result.update(audit.summary())
+    if neighbours:
+        plot_nearest_pairs(synthetic=_LazyUint8(fake), real=_LazyUint8(real), distances=audit.synthetic_distance,
+                           nearest=audit.nearest_real, threshold=audit.threshold, space="DINO (cosine)",
+                           percentile=cfg.near_copy_percentile,
+                           title=f"fold {fold}, {condition}-conditioned", output=neighbours)
+    if min(len(real), len(fake)) < MIN_FID_IMAGES:
         result["fid_note"] += f"; few images ({len(real)} real, {len(fake)} synthetic): FID is biased upwards"
-    _log.info("fold %s %s: FID %s, FD-DINO %.4f, KID %s (%d real, %d synthetic)", fold, condition,
-              _fmt(result["fid"]), result["fd_dino"], _fmt(result["kid"]), len(real), len(fake))
+        _log.warning("fold %s %s: only %d real and %d synthetic images (< %d): FID and FD-DINO are biased upwards "
+                     "and comparable only at equal counts", fold, condition, len(real), len(fake), MIN_FID_IMAGES)
+    _log.info("fold %s %s: FID %s, FD-DINO %.4f, KID %s, near copies %s (Inception) / %.1f%% (DINO) "
+              "(%d real, %d synthetic)", fold, condition, _fmt(result["fid"]), result["fd_dino"], _fmt(result["kid"]),
+              _pct(result.get("near_copy_fraction_inception")), 100 * audit.near_copy_fraction, len(real), len(fake))
     write_json({**result, **run_metadata()}, output)
 
 
-def _image_size(images: _PngImages) -> int:
+def _fidelity_sets(synthetic, tables, stores, statuses, splits, fold, cfg: FidelityConfig, seed: int):
+    """The synthetic PNGs and the real reference set (the fold's training patches, subsampled by ``seed``)."""
+    manifest = pd.read_parquet(Path(synthetic) / "manifest.parquet")
+    syn_files = [Path(synthetic) / f for f in manifest["file"]]
+    rng = np.random.default_rng(seed)
+    if len(syn_files) > cfg.max_synthetic:
+        syn_files = [syn_files[i] for i in np.sort(rng.choice(len(syn_files), cfg.max_synthetic, replace=False))]
+    fake = _PngImages(syn_files)
+    index = fold_training_patches(tables, stores, statuses, splits, fold)
+    if len(index) > cfg.max_real:
+        index = index.iloc[np.sort(rng.choice(len(index), cfg.max_real, replace=False))].reset_index(drop=True)
+    return fake, QuantisedImages(PatchDataset(index, size=fake.image_size))
+
+
+class _LazyUint8:
+    """HWC uint8 views of an image set's [0, 1] CHW tensors, decoded on access (for figures)."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __getitem__(self, item) -> np.ndarray:
+        return (self.images[int(item)] * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def _empty_figure(output: str, message: str) -> None:
+    from duvflow.core.figures import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4, 1.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=8)
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _image_size(path: Path) -> int:
     from PIL import Image
 
-    with Image.open(images.files[0]) as im:
+    with Image.open(path) as im:
         return int(im.size[0])
 
 
@@ -286,25 +341,50 @@ def _fmt(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
-def summarise_fidelity(*, reports: Sequence[str], table: str, markdown: str) -> None:
-    """All fidelity JSONs -> one CSV (a row per arm and fold) and a Markdown table with means."""
-    cols = ["condition", "fold", "fid", "fd_dino", "kid", "kid_std", "kid_dino", "kid_dino_std", "n_real",
-            "n_synthetic", "image_size", "fid_note"]
+def summarise_fidelity(*, reports: Sequence[str], table: str, markdown: str,
+                       reconstruction: Sequence[str] = ()) -> None:
+    """All fidelity JSONs -> one CSV (a row per arm and fold, with the fold's VAE floor: rFID, PSNR, SSIM)
+    and a Markdown table with means."""
+    cols = ["condition", "fold", "fid", "fd_dino", "kid", "kid_std", "kid_dino", "kid_dino_std",
+            "near_copy_fraction_inception", "near_copy_fraction_dino", "n_real", "n_synthetic", "image_size",
+            "fid_note"]
     rows = [{c: read_json(p).get(c) for c in cols} for p in reports]
     df = pd.DataFrame(rows, columns=cols).sort_values(["condition", "fold"], kind="stable")
+    floor = pd.DataFrame([{c: read_json(p).get(c) for c in ("fold", "rfid", "psnr", "ssim")} for p in reconstruction],
+                         columns=["fold", "rfid", "psnr", "ssim"])
+    df = df.merge(floor.astype({"fold": str}), on="fold", how="left") if len(floor) else df.assign(
+        rfid=None, psnr=None, ssim=None)
     write_csv(df, table)
-    lines = ["| arm | fold | FID | FD-DINO | KID | KID-DINO | real | synthetic |", "|---|---|---|---|---|---|---|---|"]
+    header = ("| arm | fold | FID | rFID (VAE floor) | FD-DINO † | KID | KID-DINO † | near copies (Inception / DINO) "
+              "| real | synthetic |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in df.itertuples():
-        lines.append(f"| {r.condition} | {r.fold} | {_fmt(r.fid)} | {_fmt(r.fd_dino)} | {_fmt(r.kid)} | "
-                     f"{_fmt(r.kid_dino)} | {r.n_real} | {r.n_synthetic} |")
+        lines.append(f"| {r.condition} | {r.fold} | {_fmt(r.fid)} | {_fmt(r.rfid)} | {_fmt(r.fd_dino)} | "
+                     f"{_fmt(r.kid)} | {_fmt(r.kid_dino)} | {_pct(_num(r.near_copy_fraction_inception))} / "
+                     f"{_pct(_num(r.near_copy_fraction_dino))} | {r.n_real} | {r.n_synthetic} |")
     for cond, g in df.groupby("condition", sort=True):
         stats = {c: pd.to_numeric(g[c], errors="coerce") for c in ("fid", "fd_dino", "kid", "kid_dino")}
         cell = {c: (f"{s.mean():.4f} ± {s.std(ddof=0):.4f}" if s.notna().any() else "n/a") for c, s in stats.items()}
-        lines.append(f"| **{cond}** | mean ± sd | {cell['fid']} | {cell['fd_dino']} | {cell['kid']} | "
-                     f"{cell['kid_dino']} | | |")
+        lines.append(f"| **{cond}** | mean ± sd | {cell['fid']} | | {cell['fd_dino']} | {cell['kid']} | "
+                     f"{cell['kid_dino']} | | | |")
+    if len(floor):
+        lines += ["", "Generative floor (the fold's VAE on held-back patches): "
+                  + "; ".join(f"fold {r.fold}: rFID {_fmt(_num(r.rfid))}, PSNR {_fmt(_num(r.psnr))} dB, SSIM "
+                              f"{_fmt(_num(r.ssim))}" for r in floor.itertuples())]
     notes = sorted({str(n) for n in df["fid_note"] if n})
+    notes.append(f"† {FD_DINO_SPACE}")
+    pct = next((read_json(p).get("near_copy_percentile") for p in reports), None) or 1.0
+    notes.append(f"near copies: synthetic patches closer to a real training patch than the {pct:g}th percentile of "
+                 f"real-to-real nearest-neighbour distances (figures: fid/<arm>/fold_<k>_neighbours.png)")
     text = "\n".join(lines) + "\n" + "".join(f"\n- {n}" for n in notes) + "\n"
-    from duvflow.core.io import atomic_path
-
     with atomic_path(markdown) as tmp:
         tmp.write_text(text)
+
+
+def _num(value):
+    """A table cell as float, or None when missing (NaN from a merge, None from JSON)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
