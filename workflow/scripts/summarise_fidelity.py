@@ -7,4 +7,4 @@ from duvflow.ldm.fidelity import summarise_fidelity
 
 summarise_fidelity(reports=list(snakemake.input.reports), table=snakemake.output.table,
                    markdown=snakemake.output.markdown,
-                   reconstruction=list(snakemake.input.reconstruction))
+                   reconstruction=list(snakemake.input.reconstruction), sweep=list(snakemake.input.sweep))

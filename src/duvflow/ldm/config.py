@@ -98,7 +98,7 @@ class LdmConfig:
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
     steps: int = 50
-    guidance: float = 2.0
+    guidance: float | tuple[float, ...] = 2.0  # a list: the classifier's set uses the first
     eta: float = 0.0
     synthetic_fraction: float = 0.05
     max_synthetic: int | None = None
@@ -109,6 +109,12 @@ class SamplingConfig:
     def __post_init__(self):
         if not 0.0 <= self.synthetic_fraction < 1.0:
             raise ValueError(f"sampling.synthetic_fraction must be in [0, 1), got {self.synthetic_fraction}")
+
+    @property
+    def guidance_values(self) -> tuple[float, ...]:
+        """Every configured guidance scale; the first is the classifier arms'."""
+        values = self.guidance if isinstance(self.guidance, tuple) else (self.guidance,)
+        return tuple(float(v) for v in values)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -239,8 +239,9 @@ def measure_fidelity(*, synthetic: str, tables: Sequence[str], stores: Sequence[
     configure_threads(threads)
     device = select_device(cfg.device)
     seed = fold_seed(seed, fold)
-    fake, real = _fidelity_sets(synthetic, tables, stores, statuses, splits, fold, cfg, seed)
-    result = {"condition": condition, "fold": str(fold), "n_real": len(real), "n_synthetic": len(fake),
+    fake, real, guidance = _fidelity_sets(synthetic, tables, stores, statuses, splits, fold, cfg, seed)
+    result = {"condition": condition, "fold": str(fold), "guidance": guidance, "n_real": len(real),
+              "n_synthetic": len(fake),
               "image_size": fake.image_size, "fid": None, "fid_note": "", "kid": None, "kid_std": None,
               "fd_dino": None, "kid_dino": None, "kid_dino_std": None, "fd_dino_space": FD_DINO_SPACE,
               "near_copy_percentile": cfg.near_copy_percentile}
@@ -301,7 +302,8 @@ def _fidelity_sets(synthetic, tables, stores, statuses, splits, fold, cfg: Fidel
     index = fold_training_patches(tables, stores, statuses, splits, fold)
     if len(index) > cfg.max_real:
         index = index.iloc[np.sort(rng.choice(len(index), cfg.max_real, replace=False))].reset_index(drop=True)
-    return fake, QuantisedImages(PatchDataset(index, size=fake.image_size))
+    guidance = float(manifest["guidance"].iloc[0]) if len(manifest) and "guidance" in manifest else None
+    return fake, QuantisedImages(PatchDataset(index, size=fake.image_size)), guidance
 
 
 class _LazyUint8:
@@ -341,15 +343,12 @@ def _fmt(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
-def summarise_fidelity(*, reports: Sequence[str], table: str, markdown: str,
-                       reconstruction: Sequence[str] = ()) -> None:
-    """All fidelity JSONs -> one CSV (a row per arm and fold, with the fold's VAE floor: rFID, PSNR, SSIM)
-    and a Markdown table with means."""
-    cols = ["condition", "fold", "fid", "fd_dino", "kid", "kid_std", "kid_dino", "kid_dino_std",
-            "near_copy_fraction_inception", "near_copy_fraction_dino", "n_real", "n_synthetic", "image_size",
-            "fid_note"]
-    rows = [{c: read_json(p).get(c) for c in cols} for p in reports]
-    df = pd.DataFrame(rows, columns=cols).sort_values(["condition", "fold"], kind="stable")
+def summarise_fidelity(*, reports: Sequence[str], table: str, markdown: str, reconstruction: Sequence[str] = (),
+                       sweep: Sequence[str] = ()) -> None:
+    """All fidelity JSONs -> one CSV (a row per arm, guidance and fold, with the fold's VAE floor: rFID, PSNR,
+    SSIM) and a Markdown table with means. ``reports`` are the classifier arms' sets, ``sweep`` the guidance
+    sweep's (other scales, and 0 = unconditional)."""
+    df = _fidelity_rows(reports, sweep)
     floor = pd.DataFrame([{c: read_json(p).get(c) for c in ("fold", "rfid", "psnr", "ssim")} for p in reconstruction],
                          columns=["fold", "rfid", "psnr", "ssim"])
     df = df.merge(floor.astype({"fold": str}), on="fold", how="left") if len(floor) else df.assign(
@@ -359,13 +358,13 @@ def summarise_fidelity(*, reports: Sequence[str], table: str, markdown: str,
               "| real | synthetic |")
     lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in df.itertuples():
-        lines.append(f"| {r.condition} | {r.fold} | {_fmt(r.fid)} | {_fmt(r.rfid)} | {_fmt(r.fd_dino)} | "
-                     f"{_fmt(r.kid)} | {_fmt(r.kid_dino)} | {_pct(_num(r.near_copy_fraction_inception))} / "
+        lines.append(f"| {r.arm} | {r.fold} | {_fmt(r.fid)} | {_fmt(r.rfid)} | {_fmt(r.fd_dino)} | {_fmt(r.kid)} | "
+                     f"{_fmt(r.kid_dino)} | {_pct(_num(r.near_copy_fraction_inception))} / "
                      f"{_pct(_num(r.near_copy_fraction_dino))} | {r.n_real} | {r.n_synthetic} |")
-    for cond, g in df.groupby("condition", sort=True):
+    for arm, g in df.groupby("arm", sort=False):
         stats = {c: pd.to_numeric(g[c], errors="coerce") for c in ("fid", "fd_dino", "kid", "kid_dino")}
         cell = {c: (f"{s.mean():.4f} ± {s.std(ddof=0):.4f}" if s.notna().any() else "n/a") for c, s in stats.items()}
-        lines.append(f"| **{cond}** | mean ± sd | {cell['fid']} | | {cell['fd_dino']} | {cell['kid']} | "
+        lines.append(f"| **{arm}** | mean ± sd | {cell['fid']} | | {cell['fd_dino']} | {cell['kid']} | "
                      f"{cell['kid_dino']} | | | |")
     if len(floor):
         lines += ["", "Generative floor (the fold's VAE on held-back patches): "
@@ -376,9 +375,31 @@ def summarise_fidelity(*, reports: Sequence[str], table: str, markdown: str,
     pct = next((read_json(p).get("near_copy_percentile") for p in reports), None) or 1.0
     notes.append(f"near copies: synthetic patches closer to a real training patch than the {pct:g}th percentile of "
                  f"real-to-real nearest-neighbour distances (figures: fid/<arm>/fold_<k>_neighbours.png)")
+    guidances = sorted({f"{v:g}" for v in pd.to_numeric(df.loc[~df["sweep"], "guidance"]).dropna()})
+    if guidances:
+        notes.append(f"guidance of the classifier arms' sets: {', '.join(guidances)}; rows `<arm> @ w` are the "
+                     "guidance sweep (w = 0: unconditional), sampled with the same plan and noise")
     text = "\n".join(lines) + "\n" + "".join(f"\n- {n}" for n in notes) + "\n"
     with atomic_path(markdown) as tmp:
         tmp.write_text(text)
+
+
+def _fidelity_rows(reports: Sequence[str], sweep: Sequence[str]) -> pd.DataFrame:
+    cols = ["condition", "guidance", "fold", "fid", "fd_dino", "kid", "kid_std", "kid_dino", "kid_dino_std",
+            "near_copy_fraction_inception", "near_copy_fraction_dino", "n_real", "n_synthetic", "image_size",
+            "fid_note"]
+    rows = [{**{c: read_json(p).get(c) for c in cols}, "sweep": is_sweep}
+            for paths, is_sweep in ((reports, False), (sweep, True)) for p in paths]
+    df = pd.DataFrame(rows, columns=[*cols, "sweep"]).astype({"sweep": bool})
+    df["guidance"] = pd.to_numeric(df["guidance"])
+    df.insert(0, "arm", [f"{c} @ {_guidance(g)}" if s else str(c)
+                         for c, g, s in zip(df["condition"], df["guidance"], df["sweep"], strict=True)])
+    return df.sort_values(["sweep", "condition", "guidance", "fold"], kind="stable").reset_index(drop=True)
+
+
+def _guidance(value) -> str:
+    value = _num(value)
+    return "n/a" if value is None else f"{value:g}" + (" (unconditional)" if value == 0 else "")
 
 
 def _num(value):
