@@ -37,9 +37,11 @@ setup)
 demo)
     setup
     export PATH="$PWD/$VENV/bin:$PATH"
+    out=$(python -c 'import sys, yaml; print((yaml.safe_load(open(sys.argv[1])) or {}).get("output_dir", "results"))' \
+        config/demo.yaml)  # the demo's output_dir
     snakemake --configfile config/demo.yaml --cores "${DUVFLOW_CORES:-2}" "$@"
-    snakemake --configfile config/demo.yaml --report results/report.html
-    echo "[duvflow] demo finished: results table in results/comparison/arms.md, report in results/report.html" >&2
+    snakemake --configfile config/demo.yaml --report "$out/report.html"
+    echo "[duvflow] demo finished: results table in $out/comparison/arms.md, report in $out/report.html" >&2
     ;;
 test)
     setup

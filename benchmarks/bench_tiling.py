@@ -101,7 +101,7 @@ def _run_tiling(slide: str, out: str, patch: int, compression: str, threads: int
 
     t0, c0 = time.perf_counter(), time.process_time()
     rec = tile_slide(slide=slide, slide_id="bench", label="benign",
-                     config={"patch_size": patch, "store_compression": compression},
+                     tiling={"patch_size": patch, "store_compression": compression},
                      tiles=f"{out}/bench.parquet", store=f"{out}/bench.h5", status=f"{out}/bench.json",
                      thumbnail=f"{out}/bench.png", threads=threads)
     q.put({"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0, "n": rec["n_patches"],

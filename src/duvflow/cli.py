@@ -19,9 +19,16 @@ __all__ = ["build_parser", "main"]
 _log = logging.getLogger("duvflow.cli")
 
 
+EXIT_CODES = """exit codes:
+  0  every slide was labelled
+  1  some slides could not be labelled (unreadable, no tissue): see predictions.csv and the log
+  2  nothing was done: bad arguments or an unusable model folder (the message names the file)"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="duvflow", description="duvflow: slide-level classification of "
-                                     "DUV / whole-slide images with a trained duvflow classifier.")
+                                     "DUV / whole-slide images with a trained duvflow classifier.",
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     from duvflow import __version__
 
     parser.add_argument("--version", action="version", version=f"duvflow {__version__}")
@@ -29,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="label new slides (score, label, heatmap per slide)",
                        description="Tile SLIDEs with the model's tiling settings, predict every patch and "
                                    "write per-slide score (mean patch probability), label (score > theta) and a "
-                                   "heatmap of patch probabilities over the slide thumbnail.")
+                                   "heatmap of patch probabilities over the slide thumbnail.",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files (any format OpenSlide reads, or PNG/JPEG/TIFF)")
     p.add_argument("--model", required=True, help="model folder with model.safetensors + model.json "
                    "(results/deploy/<arm>/ or results/classifier/<arm>/fold_all/)")
@@ -57,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             table = predict_slides(slides=args.slides, model=args.model, out_dir=args.out, theta=args.theta,
                                    batch_size=args.batch_size, device=args.device, num_workers=args.workers,
                                    threads=args.threads, heatmap_max=args.heatmap_size, keep_tiles=args.keep_tiles)
-        except (FileNotFoundError, ValueError) as err:
+        except (OSError, ValueError) as err:  # a bad model folder or argument: the message names it
             _log.error("%s", err)
             return 2
         failed = table[table["status"] != "ok"]

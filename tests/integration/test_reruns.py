@@ -97,3 +97,13 @@ def test_adding_a_slide_tiles_only_that_slide(tiny_run, tmp_path):
     jobs = _planned(workdir, tmp_path, own_sheet)
     assert [wc.get("slide") for rule, wc, _ in jobs if rule == "tile_slide"] == ["extra01"]
     assert "make_demo_slide" not in {rule for rule, _, _ in jobs}
+
+
+def test_a_theta_change_starts_one_light_job_per_arm_and_step(tiny_run, tmp_path):
+    # one aggregation job per arm covers all its folds; fold `all` (deployable model) is aggregated by export_model
+    jobs = _planned(tiny_run, tmp_path, {"aggregate": {"theta": 0.35}})
+    arms = {wc["arm"] for rule, wc, _ in jobs if rule == "aggregate_slides"}
+    counts = {rule: sum(r == rule for r, _, _ in jobs) for rule in AGGREGATION}
+    assert len(arms) == 3 and "fold" not in {k for rule, wc, _ in jobs for k in wc}
+    assert counts["aggregate_slides"] == counts["evaluate_arm"] == counts["sweep_theta"] == len(arms)
+    assert counts["compare_arms"] == counts["export_model"] == 1

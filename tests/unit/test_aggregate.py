@@ -9,8 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from duvflow.core.config import from_dict
 from duvflow.evaluate.aggregate import (
+    PUBLISHED_THETA,
     AggregateConfig,
+    aggregate_folds,
     aggregate_slides,
     binary_metrics,
     choose_theta,
@@ -92,7 +95,9 @@ def test_config_checks():
         AggregateConfig(theta="best")
     with pytest.raises(ValueError, match="\\[0, 1\\]"):
         AggregateConfig(theta=1.5)
-    assert AggregateConfig(theta="auto", default_theta=0.25).fixed_theta == 0.25
+    assert AggregateConfig(theta="auto").fixed_theta == PUBLISHED_THETA == 0.2  # one key: theta
+    with pytest.raises(ValueError, match="unknown aggregate setting.*default_theta"):
+        from_dict(AggregateConfig, {"theta": "auto", "default_theta": 0.25}, "aggregate")
     assert list(label_to_int(["Benign", "malignant", "MALIGNANT"])) == [0, 1, 1]
     with pytest.raises(ValueError, match="benign/malignant"):
         label_to_int(["benign", "tumour"])
@@ -125,7 +130,7 @@ def test_aggregate_slides_writes_both_thetas_and_the_configured_prediction(tmp_p
     patches, splits = _fold_files(tmp_path)
     out, theta_json = tmp_path / "slides.csv", tmp_path / "theta.json"
     aggregate_slides(patches=patches, splits=splits, fold="0", output=out, theta_output=theta_json,
-                     config={"theta": theta, "default_theta": 0.2, "theta_grid": GRID})
+                     aggregate={"theta": theta, "theta_grid": GRID})
     df = pd.read_csv(out).set_index("slide_id")
     assert list(df.columns) == ["fold", "role", "label", "score", "n_patches", "theta", "prediction",
                                 "theta_fixed", "theta_auto"]
@@ -147,15 +152,15 @@ def test_aggregate_slides_writes_both_thetas_and_the_configured_prediction(tmp_p
 def test_auto_theta_ignores_test_slides(tmp_path):
     patches, splits = _fold_files(tmp_path)
     out, theta_json = tmp_path / "slides.csv", tmp_path / "theta.json"
-    cfg = {"theta": "auto", "default_theta": 0.2, "theta_grid": GRID}
-    aggregate_slides(patches=patches, splits=splits, fold="0", output=out, theta_output=theta_json, config=cfg)
+    cfg = {"theta": "auto", "theta_grid": GRID}
+    aggregate_slides(patches=patches, splits=splits, fold="0", output=out, theta_output=theta_json, aggregate=cfg)
     first = pd.read_csv(out)["theta_auto"].iloc[0]
     # flip every test slide's scores: a choice that looked at test slides would change
     p = pd.read_parquet(patches)
     test = p["role"] == "test"
     p.loc[test, "prob"] = 1 - p.loc[test, "prob"]
     p.to_parquet(patches)
-    aggregate_slides(patches=patches, splits=splits, fold="0", output=out, theta_output=theta_json, config=cfg)
+    aggregate_slides(patches=patches, splits=splits, fold="0", output=out, theta_output=theta_json, aggregate=cfg)
     assert pd.read_csv(out)["theta_auto"].iloc[0] == first
 
 
@@ -163,7 +168,7 @@ def test_predictions_of_training_slides_are_refused(tmp_path):
     patches, splits = _fold_files(tmp_path, with_train=True)
     with pytest.raises(ValueError, match="training slides"):
         aggregate_slides(patches=patches, splits=splits, fold="0", output=tmp_path / "s.csv",
-                         theta_output=tmp_path / "t.json", config={})
+                         theta_output=tmp_path / "t.json", aggregate={})
     assert not (tmp_path / "s.csv").exists()
 
 
@@ -171,7 +176,28 @@ def test_unknown_fold_is_an_error(tmp_path):
     patches, splits = _fold_files(tmp_path)
     with pytest.raises(ValueError, match="fold '3'"):
         aggregate_slides(patches=patches, splits=splits, fold="3", output=tmp_path / "s.csv",
-                         theta_output=tmp_path / "t.json", config={})
+                         theta_output=tmp_path / "t.json", aggregate={})
+
+
+def test_one_job_aggregates_several_folds_into_the_same_per_fold_files(tmp_path):
+    cfg = {"theta": "auto", "default_theta": 0.2, "theta_grid": GRID}
+    patches, splits = _fold_files(tmp_path)
+    both = pd.read_csv(splits)
+    pd.concat([both, both.assign(fold="1")]).to_csv(splits, index=False)
+    single = [tmp_path / f"single{f}.csv" for f in "01"]
+    for fold, path in zip("01", single, strict=True):
+        aggregate_slides(patches=patches, splits=splits, fold=fold, output=path, theta_output=tmp_path / "t.json",
+                         config=cfg)
+    outputs, thetas = [tmp_path / f"slides{f}.csv" for f in "01"], [tmp_path / f"theta{f}.json" for f in "01"]
+    table = aggregate_folds(patches=[patches, patches], splits=splits, folds=["0", "1"], outputs=outputs,
+                            theta_outputs=thetas, config=cfg)
+    for fold, path, theta, ref in zip("01", outputs, thetas, single, strict=True):
+        assert path.read_bytes() == ref.read_bytes()
+        assert json.loads(theta.read_text())["fold"] == fold
+    assert sorted(table["fold"].unique()) == ["0", "1"] and len(table) == 10
+    with pytest.raises(ValueError, match="one of each per fold"):
+        aggregate_folds(patches=[patches], splits=splits, folds=["0", "1"], outputs=outputs, theta_outputs=thetas,
+                        config=cfg)
 
 
 def test_confusion_counts_agree_with_scikit_learn():

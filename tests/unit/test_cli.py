@@ -96,6 +96,11 @@ def test_missing_model_folder_is_a_clear_error(tmp_path, tiny_pyramid_tiff, caps
     rc = main(["predict", str(tiny_pyramid_tiff), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert rc == 2
     err = capsys.readouterr().err
+    assert f"model folder {tmp_path / 'nope'} does not exist" in err
+    (tmp_path / "empty").mkdir()
+    rc = main(["predict", str(tiny_pyramid_tiff), "--model", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert rc == 2
+    err = capsys.readouterr().err
     assert "not a duvflow classifier folder" in err and "model.safetensors" in err
 
 

@@ -27,3 +27,18 @@ def test_conda_env_has_the_same_pins_as_requirements():
 def test_torch_pins_match_the_tested_pair():
     reqs = _requirements()
     assert "torch==2.14.1" in reqs and "torchvision==0.29.1" in reqs
+
+
+def test_conda_env_python_satisfies_the_package_and_brings_no_other_duvflow():
+    """The env's Python meets pyproject's requires-python; duvflow itself comes from the checkout
+    (tests/unit/test_deployment.py), so the env installs no copy of it that could go stale."""
+    import tomllib
+
+    env = yaml.safe_load((ROOT / "workflow" / "envs" / "duvflow.yaml").read_text())
+    python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
+    required = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert required.startswith(">=")
+    want = tuple(int(x) for x in required[2:].split("."))
+    assert tuple(int(x) for x in python.split("=")[1].split(".")) >= want
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert not [p for p in pip_section if "duvflow" in p or p.startswith(("-e", ".", "/", "git+"))]

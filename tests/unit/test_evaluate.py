@@ -8,22 +8,26 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_curve as sklearn_roc_curve
 
 from duvflow.evaluate.aggregate import binary_metrics
 from duvflow.evaluate.evaluation import (
     _auc_rows,
+    _average_ranks,
     _counts_metrics,
     bootstrap_metrics,
     compare_arms,
     evaluate_arm,
     metric_table,
     roc_auc,
+    roc_curve,
     sweep_theta,
 )
 
 GRID = [0.1, 0.2, 0.3, 0.4, 0.5]
-AGG = {"theta": 0.2, "default_theta": 0.2, "theta_grid": GRID}
+AGG = {"theta": 0.2, "theta_grid": GRID}
 
 
 def _slides(fold, rows, theta_auto):
@@ -78,6 +82,22 @@ def test_vectorised_metrics_match_the_reference():
             assert math.isnan(auc[i])
 
 
+def test_numpy_roc_and_ranks_equal_scikit_learn_and_scipy_exactly():
+    # the evaluation jobs avoid importing scikit-learn and SciPy; their results must not change
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        n = int(rng.integers(2, 30))
+        s = np.round(rng.random((20, n)), int(rng.integers(1, 4)))  # coarse rounding: many ties
+        assert np.array_equal(_average_ranks(s), rankdata(s, axis=1))
+        y = rng.integers(0, 2, n)
+        if 0 < y.sum() < n:
+            for ours, ref in zip(roc_curve(y, s[0]), sklearn_roc_curve(y, s[0]), strict=True):
+                assert np.array_equal(ours, ref)
+            assert roc_auc(y, s[0]) == roc_auc_score(y, s[0])
+    fpr, tpr, _ = roc_curve([1, 1, 1], [0.1, 0.5, 0.9])  # no negatives: the false positive rate is undefined
+    assert np.isnan(fpr).all() and tpr[0] == 0 and tpr[-1] == 1
+
+
 def test_bootstrap_ci_contains_the_point_estimate():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 60)
@@ -98,7 +118,7 @@ def test_evaluate_arm_pooled_and_per_fold(tmp_path):
     paths = _two_folds(tmp_path)
     res = evaluate_arm(slides=paths, arm="real", metrics_json=tmp_path / "m.json", metrics_csv=tmp_path / "m.csv",
                        pooled_slides=tmp_path / "pooled.csv", roc_plot=tmp_path / "roc.png",
-                       config={"bootstrap": 200, "ci": 0.95, "seed": 0})
+                       evaluate={"bootstrap": 200, "ci": 0.95, "seed": 0})
     # pooled test slides: a .35 M, b .25 B, c .05 B, d .15 M, e .9 M, f .2 B
     # fixed 0.2: predictions M M B B M B -> tp a,e; fn d; fp b; tn c,f
     fixed = res["modes"]["fixed"]
@@ -136,7 +156,7 @@ def test_a_slide_tested_in_two_folds_is_refused(tmp_path):
     f1.to_csv(paths[1], index=False)
     with pytest.raises(ValueError, match="more than one fold"):
         evaluate_arm(slides=paths, arm="real", metrics_json=tmp_path / "m.json", metrics_csv=tmp_path / "m.csv",
-                     pooled_slides=tmp_path / "p.csv", roc_plot=tmp_path / "r.png", config={"bootstrap": 10})
+                     pooled_slides=tmp_path / "p.csv", roc_plot=tmp_path / "r.png", evaluate={"bootstrap": 10})
 
 
 def test_sweep_is_monotonic_and_marks_configured_and_best(tmp_path):
@@ -152,7 +172,7 @@ def test_sweep_is_monotonic_and_marks_configured_and_best(tmp_path):
         paths.append(tmp_path / f"f{i}.csv")
         f.to_csv(paths[-1], index=False)
     out = sweep_theta(slides=paths, arm="real", table=tmp_path / "sweep.csv", plot=tmp_path / "sweep.png",
-                      aggregate={"theta": 0.2, "default_theta": 0.2, "theta_grid": [0.1, 0.2, 0.3, 0.4, 0.5, 0.15]})
+                      aggregate={"theta": 0.2, "theta_grid": [0.1, 0.2, 0.3, 0.4, 0.5, 0.15]})
     assert list(out["theta"]) == sorted(out["theta"])
     assert (np.diff(out["sensitivity"]) <= 0).all()  # fewer slides above a higher threshold
     assert (np.diff(out["specificity"]) >= 0).all()
@@ -171,7 +191,7 @@ def test_compare_arms_table(tmp_path):
         paths = _two_folds(tmp_path, arm=arm.replace("+", "_"))
         m, p = tmp_path / f"{arm}.json", tmp_path / f"{arm}-pooled.csv"
         evaluate_arm(slides=paths, arm=arm, metrics_json=m, metrics_csv=tmp_path / f"{arm}.csv", pooled_slides=p,
-                     roc_plot=tmp_path / f"{arm}.png", config={"bootstrap": 50})
+                     roc_plot=tmp_path / f"{arm}.png", evaluate={"bootstrap": 50})
         metrics.append(m)
         pooled.append(p)
     fid = []

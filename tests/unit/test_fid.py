@@ -106,7 +106,7 @@ def test_measure_fidelity_real_set_is_close_noise_is_far(cohort, monkeypatch):
     root, idx = cohort["root"], cohort["index"]
     cfg = {"max_real": 100, "kid_subset_size": 50, "kid_subsets": 5, "batch_size": 16}
     kw = {**cohort["paths"], "fold": "0", "teacher": cohort["teacher"], "teacher_config": cohort["teacher_config"],
-          "cfg": cfg, "seed": 0}
+          "fidelity": cfg, "seed": 0}
     copy = root / "syn_copy"
     _write_folder(copy, cohort["real"], idx["label"].tolist(), list(zip(idx["slide_id"], idx["patch_index"])))
     measure_fidelity(synthetic=str(copy), condition="ssl", output=str(root / "copy.json"),

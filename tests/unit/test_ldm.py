@@ -220,3 +220,19 @@ def test_schema_documents_every_setting_with_a_matching_default(section):
     # the shipped configs parse (paper scale, demo, tests)
     for cfg_file in ("config/config.yaml", "config/demo.yaml", "tests/config.yaml"):
         from_dict(cls, yaml.safe_load((root / cfg_file).read_text()).get(section, {}), section)
+
+
+def test_the_sample_figure_setting_reaches_only_the_rule_that_draws_it():
+    """A changed figure grid redraws the figures and reruns no FID job (nor anything else)."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from duvflow.ldm.config import FidelityConfig
+
+    rules_dir = Path(__file__).resolve().parents[2] / "workflow" / "rules"
+    readers = {m.group(1) for path in rules_dir.glob("*.smk")
+               for m in re.finditer(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", path.read_text(), re.MULTILINE)
+               if "sample_figure" in m.group(2)}
+    assert readers == {"plot_samples"}
+    assert "figure_grid" not in {f.name for f in dataclasses.fields(FidelityConfig)}

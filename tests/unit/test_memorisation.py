@@ -86,7 +86,7 @@ def test_measure_reconstruction_uses_held_back_validation_patches(tmp_path):
     build_vae(from_dict(VaeConfig, VAE_CFG)).save_pretrained(tmp_path / "vae")
     out = tmp_path / "rec.json"
     measure_reconstruction(vae=str(tmp_path / "vae"), **paths, fold="0", image_size=32, output=str(out),
-                           cfg={"batch_size": 4}, seed=0)
+                           fidelity={"batch_size": 4}, seed=0)
     result = json.loads(out.read_text())
     # fold 0 has one validation slide (s2) of 3 patches; an untrained VAE reconstructs badly
     assert result["n_images"] == 3 and "validation" in result["patches"]

@@ -80,6 +80,21 @@ def test_slurm_profile_sends_exactly_the_gpu_rules_to_the_gpu_partition():
     assert profile["executor"] == "slurm" and profile["slurm-status-command"] == "squeue"
 
 
+def test_slurm_logs_go_under_the_runs_output_dir(monkeypatch, tmp_path):
+    text = (ROOT / "workflow" / "profiles" / "slurm" / "config.yaml").read_text()
+    mine = tmp_path / "my-config.yaml"
+    mine.write_text("output_dir: /scratch/me/duvflow-out\n")
+    later = tmp_path / "later.yaml"
+    later.write_text("seed: 3\n")  # sets no output_dir: the earlier file's stays
+    for argv, logdir in [
+        (["--profile", "workflow/profiles/slurm"], "results/logs/slurm"),
+        (["--configfile", str(mine), str(later), "--cores", "4"], "/scratch/me/duvflow-out/logs/slurm"),
+        (["--configfile", str(mine), "--config", "seed=1", "output_dir=run2"], "run2/logs/slurm"),
+    ]:
+        monkeypatch.setattr("sys.argv", ["snakemake", *argv])
+        assert yte.process_yaml(text, require_use_yte=True)["slurm-logdir"] == logdir, argv
+
+
 def test_default_profile_caps_gpu_jobs_at_the_visible_cards(monkeypatch):
     text = (ROOT / "workflow" / "profiles" / "default" / "config.yaml").read_text()
     monkeypatch.setattr("sys.argv", ["snakemake", "--cores", "4"])

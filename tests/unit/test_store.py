@@ -19,7 +19,7 @@ from duvflow.slides.tiling import tile_slide
 def test_tiled_store_equals_read_region(tmp_path, tiny_pyramid_tiff, compression):
     out = tmp_path / "out"
     tile_slide(slide=tiny_pyramid_tiff, slide_id="s", label="benign",
-               config={"patch_size": 96, "store_compression": compression}, tiles=out / "s.parquet",
+               tiling={"patch_size": 96, "store_compression": compression}, tiles=out / "s.parquet",
                store=out / "s.h5", status=out / "s.json", thumbnail=out / "s.png")
     table = pd.read_parquet(out / "s.parquet")
     store = PatchStore(out / "s.h5")

@@ -26,7 +26,7 @@ def _tile(tmp_path, slide, name="s1", label="benign", threads=1, **cfg):
     out = tmp_path / "out"
     paths = {k: out / f"{name}.{ext}" for k, ext in
              (("tiles", "parquet"), ("store", "h5"), ("status", "json"), ("thumbnail", "png"))}
-    rec = tile_slide(slide=slide, slide_id=name, label=label, config=cfg, threads=threads, **paths)
+    rec = tile_slide(slide=slide, slide_id=name, label=label, tiling=cfg, threads=threads, **paths)
     return rec, paths
 
 

@@ -66,18 +66,25 @@ rule export_model:
     input:
         model=out("classifier", "{arm}", "fold_all", "model.safetensors"),
         meta=out("classifier", "{arm}", "fold_all", "model.json"),
-        theta=out("predictions", "{arm}", "fold_all", "theta.json"),
+        patches=out("predictions", "{arm}", "fold_all", "patches.parquet"),
+        splits=out("splits.csv"),
     output:
         model=out("deploy", "{arm}", "model.safetensors"),
         meta=out("deploy", "{arm}", "model.json"),
+        # fold `all`'s slide table and theta (its validation slides), as aggregate_slides writes them per fold
+        slides=out("predictions", "{arm}", "fold_all", "slides.csv"),
+        theta=out("predictions", "{arm}", "fold_all", "theta.json"),
     log:
         out("logs", "export_model", "{arm}.log"),
+    localrule: True
     conda:
         "../envs/duvflow.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        aggregate=cfg("aggregate"),
     script:
         "../scripts/export_model.py"
 

@@ -15,8 +15,17 @@ os.environ.update(
 )
 
 from duvflow.core.sheet import SampleSheetError, read_sheet, validate_sheet
+from duvflow.core.splits import check_class_counts
+from duvflow.core.validation import ConfigError, check_config
 from duvflow.demo.cohort import cohort_plan
 
+# short messages naming each bad key first; then snakemake's validate fills in the defaults
+try:
+    check_config(
+        config, os.path.join(workflow.basedir, "schemas", "config.schema.yaml")
+    )
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
 validate(config, schema="../schemas/config.schema.yaml")
 
 OUT = config["output_dir"]
@@ -45,6 +54,15 @@ def load_samples():
 
 
 samples = load_samples()
+try:  # the folds need every class in every test fold: say so now, not after tiling
+    check_class_counts(samples["label"], config["splits"]["n_folds"])
+except ValueError as err:
+    source = (
+        "demo cohort"
+        if config["demo"]["enabled"]
+        else f"sample sheet {config['samples']}"
+    )
+    raise WorkflowError(f"{source}: {err}") from None
 SLIDES = list(samples["slide_id"])
 # classifier arms: `real`, or `real+<LDM condition>` (real patches + that condition's synthetic set)
 ARMS = list(config["arms"])
@@ -86,11 +104,19 @@ def get_slide_label(wildcards):
     return samples.loc[wildcards.slide, "label"]
 
 
+def get_patients():
+    """`{slide_id: patient_id}` from the sheet's optional column; None: each slide its own patient."""
+    if "patient_id" not in samples.columns:
+        return None
+    return dict(zip(samples["slide_id"], samples["patient_id"]))
+
+
 # --- classifier, aggregation, evaluation ---------------------------------------------------------
 DEPLOY_ARM = config["deploy"]["arm"] or ARMS[-1]
-if DEPLOY_ARM not in ARMS:
+if config["deploy"]["enabled"] and DEPLOY_ARM not in ARMS:
     raise WorkflowError(
-        f"deploy.arm {DEPLOY_ARM!r} is not one of the configured arms ({', '.join(ARMS)})"
+        f"deploy.arm {DEPLOY_ARM!r} is not one of the configured arms ({', '.join(ARMS)}); "
+        "set deploy.arm to one of them, or to null for the last one"
     )
 
 
@@ -251,6 +277,7 @@ def get_ssl_targets():
 def get_classifier_targets():
     """The results table and ROC plot, each arm's evaluation and sweep, the deployable model."""
     targets = [out("comparison", f) for f in ("arms.csv", "arms.md", "roc.png")]
+    targets += [out("comparison", f) for f in ("paired.csv", "summary.html")]
     targets += expand(
         out("evaluation", "{arm}", "{f}"), arm=ARMS, f=("metrics.json", "sweep.png")
     )
@@ -259,3 +286,31 @@ def get_classifier_targets():
         if config["deploy"]["slides"]:
             targets.append(out("deploy", DEPLOY_ARM, "new_slides"))
     return targets
+
+
+# --- failure flags and paired comparisons (evaluate.smk) ---
+
+
+def get_flag_sources():
+    """What the failure checks read, per cross-validation fold: the DINO teachers and, with an LDM
+    arm, the VAEs, the LDMs and the synthetic sets (as nested dicts, for `params:`)."""
+    folds = cv_folds()
+    return {
+        "teachers": {k: out("dino", f"fold_{k}", "teacher.json") for k in folds},
+        "vaes": {k: out("vae", f"fold_{k}") for k in folds} if LDM_CONDS else {},
+        "ldms": {c: {k: out("ldm", c, f"fold_{k}") for k in folds} for c in LDM_CONDS},
+        "synthetic": {
+            c: {k: out("synthetic", c, f"fold_{k}") for k in folds} for c in LDM_CONDS
+        },
+    }
+
+
+def get_flag_inputs(wildcards):
+    """The files of `get_flag_sources`, as flat input lists."""
+    src = get_flag_sources()
+    return {
+        "teachers": list(src["teachers"].values()),
+        "vaes": list(src["vaes"].values()),
+        "ldms": [p for folds in src["ldms"].values() for p in folds.values()],
+        "synthetic": [p for folds in src["synthetic"].values() for p in folds.values()],
+    }

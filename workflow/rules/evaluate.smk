@@ -1,16 +1,28 @@
 # Slide-level aggregation (theta: a parameter of this stage only, so changing it reruns nothing
 # upstream), cross-validated evaluation per arm, the theta sweep and the comparison of the arms.
+# A theta change reruns only these light jobs (pandas, NumPy, matplotlib; no torch, SciPy or
+# scikit-learn): one aggregation job per arm covers all its cross-validation folds (outputs stay
+# per fold; fold `all`, the deployable model's, is aggregated by export_model), and all of them are
+# local rules (seconds of work: on a cluster they run beside Snakemake instead of waiting in a queue).
 
 
 rule aggregate_slides:
     input:
-        patches=out("predictions", "{arm}", "fold_{fold}", "patches.parquet"),
+        patches=expand(
+            out("predictions", "{{arm}}", "fold_{fold}", "patches.parquet"),
+            fold=CV_FOLDS,
+        ),
         splits=out("splits.csv"),
     output:
-        slides=out("predictions", "{arm}", "fold_{fold}", "slides.csv"),
-        theta=out("predictions", "{arm}", "fold_{fold}", "theta.json"),
+        slides=expand(
+            out("predictions", "{{arm}}", "fold_{fold}", "slides.csv"), fold=CV_FOLDS
+        ),
+        theta=expand(
+            out("predictions", "{{arm}}", "fold_{fold}", "theta.json"), fold=CV_FOLDS
+        ),
     log:
-        out("logs", "aggregate_slides", "{arm}", "fold_{fold}.log"),
+        out("logs", "aggregate_slides", "{arm}.log"),
+    localrule: True
     conda:
         "../envs/duvflow.yaml"
     threads: 1
@@ -19,6 +31,7 @@ rule aggregate_slides:
         runtime=10,
     params:
         aggregate=cfg("aggregate"),
+        folds=CV_FOLDS,
     script:
         "../scripts/aggregate_slides.py"
 
@@ -45,6 +58,7 @@ rule evaluate_arm:
         ),
     log:
         out("logs", "evaluate_arm", "{arm}.log"),
+    localrule: True
     conda:
         "../envs/duvflow.yaml"
     threads: 1
@@ -72,6 +86,7 @@ rule sweep_theta:
         ),
     log:
         out("logs", "sweep_theta", "{arm}.log"),
+    localrule: True
     conda:
         "../envs/duvflow.yaml"
     threads: 1
@@ -105,6 +120,7 @@ rule compare_arms:
         ),
     log:
         out("logs", "compare_arms", "all.log"),
+    localrule: True
     conda:
         "../envs/duvflow.yaml"
     threads: 1
@@ -117,3 +133,67 @@ rule compare_arms:
         aggregate=cfg("aggregate"),
     script:
         "../scripts/compare_arms.py"
+
+
+rule flag_failures:
+    input:
+        unpack(get_flag_inputs),
+    output:
+        flags=report(
+            out("comparison", "flags.csv"),
+            caption="../report/flag_failures.rst",
+            category="0. Summary",
+            labels={"table": "failure flags"},
+        ),
+    log:
+        out("logs", "flag_failures", "all.log"),
+    conda:
+        "../envs/duvflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        sources=get_flag_sources(),
+        arms=ARMS,
+        flags=cfg("flags"),
+    script:
+        "../scripts/flag_failures.py"
+
+
+rule compare_paired:
+    input:
+        slides=expand(out("evaluation", "{arm}", "slides.csv"), arm=ARMS),
+        splits=out("splits.csv"),
+        flags=out("comparison", "flags.csv"),
+    output:
+        table=report(
+            out("comparison", "paired.csv"),
+            caption="../report/compare_paired.rst",
+            category="6. Results",
+            labels={"figure": "paired comparisons"},
+        ),
+        markdown=out("comparison", "paired.md"),
+        patients=out("comparison", "patients.csv"),
+        summary=out("comparison", "summary.md"),
+        summary_html=report(
+            out("comparison", "summary.html"),
+            caption="../report/summary.rst",
+            category="0. Summary",
+            labels={"table": "results at a glance"},
+        ),
+    log:
+        out("logs", "compare_paired", "all.log"),
+    conda:
+        "../envs/duvflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        arms=ARMS,
+        aggregate=cfg("aggregate"),
+        evaluate=cfg("evaluate"),
+        seed=config["seed"],
+    script:
+        "../scripts/compare_paired.py"

@@ -232,7 +232,7 @@ rule plot_samples:
         mem_mb=2000,
         runtime=10,
     params:
-        grid=config["fidelity"]["figure_grid"],
+        grid=config["sample_figure"]["grid"],
     script:
         "../scripts/plot_samples.py"
 

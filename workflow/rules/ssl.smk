@@ -18,6 +18,7 @@ rule make_splits:
     params:
         splits=cfg("splits"),
         labels=dict(zip(samples["slide_id"], samples["label"])),
+        patients=get_patients(),
         seed=config["seed"],
     script:
         "../scripts/make_splits.py"

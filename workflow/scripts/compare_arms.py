@@ -1,5 +1,7 @@
 """Rule compare_arms: the results table (arms as rows) in CSV and Markdown, and the arms' ROC curves."""
 # ruff: noqa: F821
+import duvflow_checkout  # noqa: F401 (this checkout's src/ first on sys.path, also in conda jobs)
+
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])

@@ -1,5 +1,7 @@
 """Rule embed_initial: every patch through the backbone DINO starts from (the probes' baseline)."""
 # ruff: noqa: F821
+import duvflow_checkout  # noqa: F401 (this checkout's src/ first on sys.path, also in conda jobs)
+
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])

@@ -1,5 +1,7 @@
 """Rule embed_patches: every patch of every usable slide through the fold's DINO teacher -> parquet."""
 # ruff: noqa: F821
+import duvflow_checkout  # noqa: F401 (this checkout's src/ first on sys.path, also in conda jobs)
+
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])

@@ -1,5 +1,7 @@
 """Rule encode_latents: every training patch of the fold through the frozen VAE, once (latent cache)."""
 # ruff: noqa: F821
+import duvflow_checkout  # noqa: F401 (this checkout's src/ first on sys.path, also in conda jobs)
+
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])

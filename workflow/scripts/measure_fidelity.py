@@ -1,5 +1,7 @@
 """Rule measure_fidelity: FID, FD-DINO and KID of one synthetic folder against the fold's real patches."""
 # ruff: noqa: F821
+import duvflow_checkout  # noqa: F401 (this checkout's src/ first on sys.path, also in conda jobs)
+
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -13,5 +15,5 @@ with gpu_job(snakemake.resources):
         condition=snakemake.wildcards.cond, teacher=snakemake.input.teacher,
         teacher_config=snakemake.input.teacher_config, output=snakemake.output.report,
         neighbours=snakemake.output.neighbours,
-        cfg=snakemake.params.fidelity, seed=snakemake.params.seed, threads=snakemake.threads,
+        fidelity=snakemake.params.fidelity, seed=snakemake.params.seed, threads=snakemake.threads,
     )

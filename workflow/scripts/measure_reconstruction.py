@@ -10,6 +10,6 @@ with gpu_job(snakemake.resources):
     measure_reconstruction(
         vae=snakemake.input.vae, tables=snakemake.input.tables, stores=snakemake.input.stores,
         statuses=snakemake.input.statuses, splits=snakemake.input.splits, fold=snakemake.wildcards.fold,
-        image_size=snakemake.params.image_size, output=snakemake.output.report, cfg=snakemake.params.fidelity,
+        image_size=snakemake.params.image_size, output=snakemake.output.report, fidelity=snakemake.params.fidelity,
         seed=snakemake.params.seed, threads=snakemake.threads,
     )

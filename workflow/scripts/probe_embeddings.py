@@ -1,5 +1,7 @@
 """Rule probe_embeddings: linear / k-NN probes and a 2-D projection, DINO teacher vs initial backbone."""
 # ruff: noqa: F821
+import duvflow_checkout  # noqa: F401 (this checkout's src/ first on sys.path, also in conda jobs)
+
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])

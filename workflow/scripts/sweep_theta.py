@@ -1,5 +1,7 @@
 """Rule sweep_theta: slide metrics of one arm over the theta grid, with the plot."""
 # ruff: noqa: F821
+import duvflow_checkout  # noqa: F401 (this checkout's src/ first on sys.path, also in conda jobs)
+
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])

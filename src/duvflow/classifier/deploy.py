@@ -24,7 +24,7 @@ import pandas as pd
 from duvflow.core.figures import pyplot
 from duvflow.core.io import atomic_path, read_json, write_csv, write_json, write_parquet
 
-__all__ = ["DEFAULT_THETA", "export_model", "predict_slides", "resolve_theta"]
+__all__ = ["DEFAULT_THETA", "check_model_folder", "export_model", "predict_slides", "resolve_theta"]
 
 _log = logging.getLogger(__name__)
 DEFAULT_THETA = 0.2
@@ -43,6 +43,29 @@ def export_model(*, weights: str | os.PathLike, meta: str | os.PathLike, theta: 
     write_json(info, output_meta)
     _log.info("deployable model of arm %s: theta %s = %.3g", info.get("arm"), chosen["mode"], info["theta"])
     return info
+
+
+MODEL_KEYS = ("model", "img_size", "mean", "std")  # what load_classifier needs from model.json
+
+
+def check_model_folder(folder: str | os.PathLike) -> dict:
+    """``model.json`` of a classifier folder, after checking the folder is one (errors name the file)."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"--model {folder} is a file; give the folder that holds model.safetensors "
+                                "and model.json")
+    for name in ("model.safetensors", "model.json"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} is not a duvflow classifier folder: {name} is missing (use "
+                                    "results/deploy/<arm>/ or results/classifier/<arm>/fold_all/)")
+    meta = read_json(folder / "model.json")
+    missing = [k for k in MODEL_KEYS if k not in meta] if isinstance(meta, dict) else list(MODEL_KEYS)
+    if missing:
+        raise ValueError(f"{folder / 'model.json'} lacks {', '.join(map(repr, missing))}; it was not written by "
+                         "train_classifier (or was edited): export the model again")
+    return meta
 
 
 def resolve_theta(theta: float | None, meta: dict) -> tuple[float, str]:
@@ -82,6 +105,7 @@ def predict_slides(*, slides: Sequence[str | os.PathLike], model: str | os.PathL
     from duvflow.core.runtime import configure_threads, select_device
     from duvflow.slides.reader import SlideReadError
 
+    check_model_folder(model)
     configure_threads(threads)
     dev = select_device(device)
     net, meta = load_classifier(model, dev)
@@ -136,7 +160,7 @@ def _predict_one(sid: str, path: Path, net, meta: dict, tiling: dict, out_dir: P
     tiles_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{sid}.", dir=tiles_dir))
     try:
-        status = tile_slide(slide=path, slide_id=sid, label="unknown", config=tiling, tiles=work / f"{sid}.parquet",
+        status = tile_slide(slide=path, slide_id=sid, label="unknown", tiling=tiling, tiles=work / f"{sid}.parquet",
                             store=work / f"{sid}.h5", status=work / f"{sid}.json", thumbnail=work / f"{sid}.png",
                             threads=threads)
         if status["status"] != "ok" or status["n_patches"] == 0:

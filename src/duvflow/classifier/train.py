@@ -26,13 +26,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from duvflow import __version__
 from duvflow.classifier.data import AugmentConfig, PatchImages, check_no_leakage, epoch_batches, load_synthetic
 from duvflow.classifier.model import CLASSES, build_classifier
 from duvflow.classifier.predict import predict_probs
 from duvflow.core.config import from_dict
 from duvflow.core.io import write_csv, write_json
 from duvflow.core.patches import attach_split, load_patch_index
+from duvflow.core.provenance import code_version
 from duvflow.core.runtime import autocast, configure_threads, progress, seed_everything
 from duvflow.evaluate.evaluation import roc_auc
 from duvflow.ssl.schedules import cosine_value
@@ -263,7 +263,7 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
                                                                                        strict=True)),
         "selected_epoch": best["epoch"], "selection_metric": cfg.selection_metric,
         "selection": {k: best_row[k] for k in ("val_slide_auc", "val_slide_loss", "val_patch_loss")},
-        "steps": step, "tiling": tiling, "config": dataclasses.asdict(cfg), "duvflow_version": __version__,
+        "steps": step, "tiling": tiling, "config": dataclasses.asdict(cfg), "duvflow_version": code_version(),
     }
     if not ctx.is_main:  # every rank selected the same weights; rank 0 writes them
         return meta

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from duvflow.core.io import read_json
+from duvflow.core.splits import check_patient_roles
 from duvflow.slides.store import PatchStore
 
 __all__ = ["LABEL_TO_INT", "PatchDataset", "attach_split", "load_patch_index", "resize_batch", "to_float_tensor"]
@@ -54,6 +55,7 @@ def load_patch_index(tables: Sequence[str | os.PathLike], stores: Sequence[str |
 def attach_split(index: pd.DataFrame, splits: str | os.PathLike | pd.DataFrame, fold: str) -> pd.DataFrame:
     """Add each patch's ``role`` (train/val/test) in ``fold`` from ``splits.csv``."""
     splits = pd.read_csv(splits, dtype=str) if not isinstance(splits, pd.DataFrame) else splits
+    check_patient_roles(splits)  # every stage refuses a table where a test patient's other slide trains
     roles = splits.loc[splits["fold"].astype(str) == str(fold), ["slide_id", "role"]]
     if roles.empty:
         raise ValueError(f"fold {fold!r} does not exist in the splits table")

@@ -13,7 +13,8 @@ import random
 import sys
 import warnings
 
-__all__ = ["autocast", "configure_threads", "progress", "seed_everything", "select_device", "setup_logging"]
+__all__ = ["autocast", "configure_threads", "exit_on_sigterm", "progress", "seed_everything", "select_device",
+           "setup_logging"]
 
 _log = logging.getLogger(__name__)
 
@@ -32,6 +33,20 @@ def setup_logging(log_path: str | os.PathLike | None = None, level: int = loggin
     logging.basicConfig(level=level, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
+    exit_on_sigterm()
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (SLURM time-out, ``scancel``, Snakemake stopping) into ``SystemExit(143)`` in the
+    main thread, so ``with`` blocks and ``finally`` clauses run: atomic writers remove their
+    temporary files instead of leaving them behind."""
+    import signal
+
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    with contextlib.suppress(ValueError):  # only the main thread may install handlers
+        signal.signal(signal.SIGTERM, _exit)
 
 
 def configure_threads(threads: int | None) -> None:

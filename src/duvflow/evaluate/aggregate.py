@@ -7,8 +7,10 @@ that fold's *validation* slides only, as the grid value with the highest balance
 go to the value nearest the fixed theta. Test slides never influence the choice.
 
 Both thetas are always computed and written, so the evaluation can report the fixed and the
-automatic rule side by side. Nothing here imports torch (a theta change reruns only this cheap
-stage and what follows it).
+automatic rule side by side: with ``theta: auto`` the fixed rule is the published theta
+(``PUBLISHED_THETA``), which also breaks ties of the automatic choice; with a number, that number. Nothing here imports torch or scikit-learn: a theta change reruns
+only this cheap stage and what follows it, and one job aggregates all folds of an arm
+(:func:`aggregate_folds`), so the rerun costs one process start-up per arm, not per fold.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from duvflow.core.labels import LABELS, label_to_int
 from duvflow.core.splits import read_splits
 
 __all__ = [
+    "PUBLISHED_THETA",
     "AggregateConfig",
+    "aggregate_folds",
     "aggregate_slides",
     "binary_metrics",
     "choose_theta",
@@ -37,13 +41,16 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
+# The paper's fixed slide threshold: the fixed rule reported beside ``theta: auto`` (one config key,
+# ``aggregate.theta``, sets the number otherwise).
+PUBLISHED_THETA = 0.2
+
 
 @dataclasses.dataclass(frozen=True)
 class AggregateConfig:
     """The ``aggregate`` config section."""
 
-    theta: float | str = 0.2
-    default_theta: float = 0.2
+    theta: float | str = PUBLISHED_THETA
     theta_grid: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 
     def __post_init__(self):
@@ -60,8 +67,8 @@ class AggregateConfig:
 
     @property
     def fixed_theta(self) -> float:
-        """The fixed rule's theta: the configured number, or ``default_theta`` when theta is auto."""
-        return float(self.default_theta if self.theta == "auto" else self.theta)
+        """The fixed rule's theta: the configured number, or ``PUBLISHED_THETA`` when theta is auto."""
+        return PUBLISHED_THETA if self.theta == "auto" else float(self.theta)
 
 
 def slide_scores(patches: pd.DataFrame) -> pd.DataFrame:
@@ -120,14 +127,14 @@ def choose_theta(scores, labels, grid: Sequence[float], anchor: float) -> float:
 
 
 def aggregate_slides(*, patches: str | os.PathLike, splits: str | os.PathLike, fold: str,
-                     output: str | os.PathLike, theta_output: str | os.PathLike, config: dict) -> pd.DataFrame:
+                     output: str | os.PathLike, theta_output: str | os.PathLike, aggregate: dict) -> pd.DataFrame:
     """Slide scores, the fold's thetas and slide predictions for one fold's val and test slides.
 
     Writes ``output`` (CSV: ``slide_id, fold, role, label, score, n_patches, theta, prediction,
     theta_fixed, theta_auto``; ``theta``/``prediction`` follow the configured mode) and
     ``theta_output`` (JSON with both thetas and what they were chosen on).
     """
-    cfg = from_dict(AggregateConfig, config, "aggregate")
+    cfg = from_dict(AggregateConfig, aggregate, "aggregate")
     probs = pd.read_parquet(patches)
     split = read_splits(splits)
     split = split[split["fold"] == str(fold)]
@@ -170,3 +177,17 @@ def aggregate_slides(*, patches: str | os.PathLike, splits: str | os.PathLike, f
     _log.info("fold %s: %d slides scored (%d val); theta %s = %.3g (fixed %.3g, auto %.3g)", fold, len(slides),
               len(val), cfg.mode, theta, cfg.fixed_theta, theta_auto)
     return slides
+
+
+def aggregate_folds(*, patches: Sequence[str | os.PathLike], splits: str | os.PathLike, folds: Sequence[str],
+                    outputs: Sequence[str | os.PathLike], theta_outputs: Sequence[str | os.PathLike],
+                    aggregate: dict) -> pd.DataFrame:
+    """:func:`aggregate_slides` for several folds of one arm in one process; the lists run in
+    parallel (``patches[i]`` is fold ``folds[i]``'s, written to ``outputs[i]`` and ``theta_outputs[i]``)."""
+    if not len(patches) == len(folds) == len(outputs) == len(theta_outputs):
+        raise ValueError(f"aggregate_folds: {len(folds)} folds but {len(patches)} patch tables, {len(outputs)} "
+                         f"slide tables and {len(theta_outputs)} theta files; give one of each per fold")
+    _log.info("aggregating %d fold(s): %s", len(folds), ", ".join(map(str, folds)))
+    tables = [aggregate_slides(patches=p, splits=splits, fold=f, output=o, theta_output=t, aggregate=aggregate)
+              for p, f, o, t in zip(patches, folds, outputs, theta_outputs, strict=True)]
+    return pd.concat(tables, ignore_index=True)

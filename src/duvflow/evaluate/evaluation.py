@@ -4,7 +4,8 @@ Inputs are the per-fold slide tables of :mod:`duvflow.evaluate.aggregate`. The t
 cross-validation folds (``0..K-1``; each slide is a test slide of exactly one fold) are pooled per
 arm. Metrics are computed for both thresholds the aggregation wrote: the fixed theta and the
 per-fold ``auto`` theta chosen on validation slides. 95% confidence intervals come from a
-percentile bootstrap over slides. Torch is never imported here.
+percentile bootstrap over slides. Neither torch nor scikit-learn nor SciPy is imported here:
+these jobs rerun on every theta change, and their imports would dominate their run time.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "load_slide_tables",
     "metric_table",
     "roc_auc",
+    "roc_curve",
     "sweep_theta",
 ]
 
@@ -57,14 +59,47 @@ class EvaluateConfig:
             raise ValueError("evaluate.ci must lie in (0, 1)")
 
 
-def roc_auc(labels, scores) -> float:
-    """ROC AUC of ``scores`` for ``labels`` (1 = malignant); NaN when only one class is present."""
-    from sklearn.metrics import roc_auc_score
+def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False and true positive rates and their thresholds (``score >= threshold``), as
+    ``sklearn.metrics.roc_curve`` computes them (collinear points dropped, a first point at (0, 0)).
 
+    NumPy instead of scikit-learn: the evaluation jobs rerun on every theta change and importing
+    scikit-learn would dominate their run time. A rate whose class is absent is NaN.
+    """
+    y = np.asarray(labels, dtype=int) == 1
+    s = np.asarray(scores, dtype=float)
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each distinct score
+    tps = np.cumsum(y, dtype=np.float64)[last]
+    fps = 1 + last - tps
+    thresholds = s[last]
+    if len(fps) > 2:
+        corner = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
+        fps, tps, thresholds = fps[corner], tps[corner], thresholds[corner]
+    fps, tps, thresholds = np.r_[0.0, fps], np.r_[0.0, tps], np.r_[np.inf, thresholds]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fpr = fps / fps[-1] if fps[-1] > 0 else np.full(fps.shape, np.nan)
+        tpr = tps / tps[-1] if tps[-1] > 0 else np.full(tps.shape, np.nan)
+    return fpr, tpr, thresholds
+
+
+def roc_auc(labels, scores) -> float:
+    """ROC AUC of ``scores`` for ``labels`` (1 = malignant; trapezoids under :func:`roc_curve`,
+    as scikit-learn's ``roc_auc_score``); NaN when only one class is present."""
     labels = np.asarray(labels, dtype=int)
     if len(np.unique(labels)) < 2:
         return float("nan")
-    return float(roc_auc_score(labels, np.asarray(scores, dtype=float)))
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return float(np.trapezoid(tpr, fpr))
+
+
+def _average_ranks(s: np.ndarray) -> np.ndarray:
+    """1-based ranks within each row of a (B, N) matrix, ties sharing their mean rank (as
+    ``scipy.stats.rankdata(s, axis=1)``): (#smaller + #smaller-or-equal + 1) / 2."""
+    ordered = np.sort(s, axis=1)
+    return np.stack([(np.searchsorted(o, row, "left") + np.searchsorted(o, row, "right") + 1) / 2
+                     for o, row in zip(ordered, s, strict=True)]).reshape(s.shape)
 
 
 def _counts_metrics(y, p) -> dict[str, np.ndarray]:
@@ -83,9 +118,7 @@ def _counts_metrics(y, p) -> dict[str, np.ndarray]:
 
 def _auc_rows(y, s) -> np.ndarray:
     """Mann-Whitney AUC per row of (B, N) label / score matrices (ties count one half)."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(s, axis=1)
+    ranks = _average_ranks(s)
     n_pos = y.sum(1)
     n_neg = y.shape[1] - n_pos
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -153,14 +186,15 @@ def _test_slides(tables: pd.DataFrame) -> pd.DataFrame:
 
 def evaluate_arm(*, slides: Sequence[str | os.PathLike], arm: str, metrics_json: str | os.PathLike,
                  metrics_csv: str | os.PathLike, pooled_slides: str | os.PathLike, roc_plot: str | os.PathLike,
-                 config: dict, seed: int = 0) -> dict:
+                 evaluate: dict, seed: int = 0) -> dict:
     """Pooled and per-fold metrics of one arm for the fixed and the auto theta, with bootstrap CIs.
 
     ``slides`` are the arm's per-fold tables of the cross-validation folds. Writes a JSON with
     everything, a long CSV (``arm, scope, fold, theta_mode, theta, metric, value, ci_low, ci_high``),
     the pooled test slides with both predictions, and a ROC plot (pooled and per fold).
     """
-    cfg = from_dict(EvaluateConfig, config, "evaluate")
+    cfg = from_dict(EvaluateConfig, evaluate, "evaluate")
+    _log.info("arm %s: evaluating %d fold table(s)", arm, len(slides))
     test = _test_slides(load_slide_tables(slides))
     if test.empty:
         raise ValueError(f"arm {arm}: no test slides in {', '.join(map(str, slides))}")
@@ -228,6 +262,7 @@ def sweep_theta(*, slides: Sequence[str | os.PathLike], arm: str, table: str | o
     """Slide metrics for every theta of the grid, on the pooled test slides and (for choosing) the
     pooled validation slides; the plot marks the configured theta and the best one on validation."""
     cfg = from_dict(AggregateConfig, aggregate, "aggregate")
+    _log.info("arm %s: theta sweep over %d fold table(s)", arm, len(slides))
     tables = load_slide_tables(slides)
     test = _test_slides(tables)
     val = tables[tables["role"] == "val"]
@@ -263,6 +298,7 @@ def compare_arms(*, metrics: Sequence[str | os.PathLike], pooled_slides: Sequenc
     if not (len(metrics) == len(pooled_slides) == len(arms)):
         raise ValueError("metrics, pooled_slides and arms must list the same arms in the same order")
     cfg = from_dict(AggregateConfig, aggregate, "aggregate")
+    _log.info("comparing %d arm(s): %s", len(arms), ", ".join(arms))
     rows = []
     for arm, path in zip(arms, metrics, strict=True):
         res = read_json(path)
@@ -341,7 +377,6 @@ def _markdown(table: pd.DataFrame, cfg: AggregateConfig) -> str:
 
 def _plot_roc(arms: Mapping[str, pd.DataFrame], target: str | os.PathLike, *, title: str, per_fold: bool) -> None:
     plt = pyplot()
-    from sklearn.metrics import roc_curve
 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls=":")

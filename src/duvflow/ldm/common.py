@@ -69,7 +69,7 @@ def run_metadata(**extra) -> dict:
     import diffusers
     import torch
 
-    from duvflow import __version__
+    from duvflow.core.provenance import code_version
 
-    return {"duvflow_version": __version__, "diffusers_version": diffusers.__version__,
+    return {"duvflow_version": code_version(), "diffusers_version": diffusers.__version__,
             "torch_version": torch.__version__, **extra}

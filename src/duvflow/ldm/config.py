@@ -126,6 +126,5 @@ class FidelityConfig:
     kid_subset_size: int = 1000
     kid_subsets: int = 100
     batch_size: int = 32
-    figure_grid: int = 4
     near_copy_percentile: float = 1.0
     device: str = "auto"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -32,13 +31,19 @@ import torch
 from torch import nn
 
 from duvflow.core.config import from_dict
-from duvflow.core.io import atomic_path, read_json, write_csv, write_json
+from duvflow.core.io import atomic_path, write_json
 from duvflow.core.patches import PatchDataset, resize_batch
 from duvflow.core.runtime import configure_threads, progress, select_device
 from duvflow.core.splits import fold_seed
 from duvflow.ldm.common import run_metadata
 from duvflow.ldm.config import FidelityConfig
 from duvflow.ldm.data import fold_training_patches
+from duvflow.ldm.fidelity_table import (  # the summary needs no torch
+    FD_DINO_SPACE,
+    format_metric,
+    format_percent,
+    summarise_fidelity,
+)
 from duvflow.ldm.figures import plot_nearest_pairs
 from duvflow.ldm.memorisation import audit_memorisation
 
@@ -57,9 +62,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 FID_HELPER_FILE = "default_1.pt"
 MIN_FID_IMAGES = 2048  # below this FID is noticeably biased upwards (Chong & Forsyth, 2020)
-# FD-DINO is measured in the DINO teacher's space, which is also the SSL arm's conditioning space:
-# it favours that arm, so tables label it as such
-FD_DINO_SPACE = "DINO teacher embedding = the SSL arm's conditioning space (favours the ssl arm)"
 
 
 class InceptionFeatures(nn.Module):
@@ -231,11 +233,11 @@ class QuantisedImages:
 
 
 def measure_fidelity(*, synthetic: str, tables: Sequence[str], stores: Sequence[str], statuses: Sequence[str] | None,
-                     splits: str, fold: str, condition: str, teacher: str, output: str, cfg: dict, seed: int,
+                     splits: str, fold: str, condition: str, teacher: str, output: str, fidelity: dict, seed: int,
                      teacher_config: str | None = None, neighbours: str | None = None, threads: int = 1) -> None:
     """FID, FD-DINO, KID and the memorisation audit of one synthetic folder against the fold's real
     training patches; ``neighbours`` (optional PNG) shows the closest synthetic/real pairs."""
-    cfg = from_dict(FidelityConfig, cfg, "fidelity")
+    cfg = from_dict(FidelityConfig, fidelity, "fidelity")
     configure_threads(threads)
     device = select_device(cfg.device)
     seed = fold_seed(seed, fold)
@@ -286,8 +288,8 @@ def measure_fidelity(*, synthetic: str, tables: Sequence[str], stores: Sequence[
         _log.warning("fold %s %s: only %d real and %d synthetic images (< %d): FID and FD-DINO are biased upwards "
                      "and comparable only at equal counts", fold, condition, len(real), len(fake), MIN_FID_IMAGES)
     _log.info("fold %s %s: FID %s, FD-DINO %.4f, KID %s, near copies %s (Inception) / %.1f%% (DINO) "
-              "(%d real, %d synthetic)", fold, condition, _fmt(result["fid"]), result["fd_dino"], _fmt(result["kid"]),
-              _pct(result.get("near_copy_fraction_inception")), 100 * audit.near_copy_fraction, len(real), len(fake))
+              "(%d real, %d synthetic)", fold, condition, format_metric(result["fid"]), result["fd_dino"], format_metric(result["kid"]),
+              format_percent(result.get("near_copy_fraction_inception")), 100 * audit.near_copy_fraction, len(real), len(fake))
     write_json({**result, **run_metadata()}, output)
 
 
@@ -328,84 +330,8 @@ def _empty_figure(output: str, message: str) -> None:
     plt.close(fig)
 
 
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
 def _image_size(path: Path) -> int:
     from PIL import Image
 
     with Image.open(path) as im:
         return int(im.size[0])
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
-
-
-def summarise_fidelity(*, reports: Sequence[str], table: str, markdown: str, reconstruction: Sequence[str] = (),
-                       sweep: Sequence[str] = ()) -> None:
-    """All fidelity JSONs -> one CSV (a row per arm, guidance and fold, with the fold's VAE floor: rFID, PSNR,
-    SSIM) and a Markdown table with means. ``reports`` are the classifier arms' sets, ``sweep`` the guidance
-    sweep's (other scales, and 0 = unconditional)."""
-    df = _fidelity_rows(reports, sweep)
-    floor = pd.DataFrame([{c: read_json(p).get(c) for c in ("fold", "rfid", "psnr", "ssim")} for p in reconstruction],
-                         columns=["fold", "rfid", "psnr", "ssim"])
-    df = df.merge(floor.astype({"fold": str}), on="fold", how="left") if len(floor) else df.assign(
-        rfid=None, psnr=None, ssim=None)
-    write_csv(df, table)
-    header = ("| arm | fold | FID | rFID (VAE floor) | FD-DINO † | KID | KID-DINO † | near copies (Inception / DINO) "
-              "| real | synthetic |")
-    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in df.itertuples():
-        lines.append(f"| {r.arm} | {r.fold} | {_fmt(r.fid)} | {_fmt(r.rfid)} | {_fmt(r.fd_dino)} | {_fmt(r.kid)} | "
-                     f"{_fmt(r.kid_dino)} | {_pct(_num(r.near_copy_fraction_inception))} / "
-                     f"{_pct(_num(r.near_copy_fraction_dino))} | {r.n_real} | {r.n_synthetic} |")
-    for arm, g in df.groupby("arm", sort=False):
-        stats = {c: pd.to_numeric(g[c], errors="coerce") for c in ("fid", "fd_dino", "kid", "kid_dino")}
-        cell = {c: (f"{s.mean():.4f} ± {s.std(ddof=0):.4f}" if s.notna().any() else "n/a") for c, s in stats.items()}
-        lines.append(f"| **{arm}** | mean ± sd | {cell['fid']} | | {cell['fd_dino']} | {cell['kid']} | "
-                     f"{cell['kid_dino']} | | | |")
-    if len(floor):
-        lines += ["", "Generative floor (the fold's VAE on held-back patches): "
-                  + "; ".join(f"fold {r.fold}: rFID {_fmt(_num(r.rfid))}, PSNR {_fmt(_num(r.psnr))} dB, SSIM "
-                              f"{_fmt(_num(r.ssim))}" for r in floor.itertuples())]
-    notes = sorted({str(n) for n in df["fid_note"] if n})
-    notes.append(f"† {FD_DINO_SPACE}")
-    pct = next((read_json(p).get("near_copy_percentile") for p in reports), None) or 1.0
-    notes.append(f"near copies: synthetic patches closer to a real training patch than the {pct:g}th percentile of "
-                 f"real-to-real nearest-neighbour distances (figures: fid/<arm>/fold_<k>_neighbours.png)")
-    guidances = sorted({f"{v:g}" for v in pd.to_numeric(df.loc[~df["sweep"], "guidance"]).dropna()})
-    if guidances:
-        notes.append(f"guidance of the classifier arms' sets: {', '.join(guidances)}; rows `<arm> @ w` are the "
-                     "guidance sweep (w = 0: unconditional), sampled with the same plan and noise")
-    text = "\n".join(lines) + "\n" + "".join(f"\n- {n}" for n in notes) + "\n"
-    with atomic_path(markdown) as tmp:
-        tmp.write_text(text)
-
-
-def _fidelity_rows(reports: Sequence[str], sweep: Sequence[str]) -> pd.DataFrame:
-    cols = ["condition", "guidance", "fold", "fid", "fd_dino", "kid", "kid_std", "kid_dino", "kid_dino_std",
-            "near_copy_fraction_inception", "near_copy_fraction_dino", "n_real", "n_synthetic", "image_size",
-            "fid_note"]
-    rows = [{**{c: read_json(p).get(c) for c in cols}, "sweep": is_sweep}
-            for paths, is_sweep in ((reports, False), (sweep, True)) for p in paths]
-    df = pd.DataFrame(rows, columns=[*cols, "sweep"]).astype({"sweep": bool})
-    df["guidance"] = pd.to_numeric(df["guidance"])
-    df.insert(0, "arm", [f"{c} @ {_guidance(g)}" if s else str(c)
-                         for c, g, s in zip(df["condition"], df["guidance"], df["sweep"], strict=True)])
-    return df.sort_values(["sweep", "condition", "guidance", "fold"], kind="stable").reset_index(drop=True)
-
-
-def _guidance(value) -> str:
-    value = _num(value)
-    return "n/a" if value is None else f"{value:g}" + (" (unconditional)" if value == 0 else "")
-
-
-def _num(value):
-    """A table cell as float, or None when missing (NaN from a merge, None from JSON)."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(value) else value

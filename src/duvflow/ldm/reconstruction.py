@@ -84,12 +84,12 @@ def _held_back_patches(tables, stores, statuses, splits, fold: str, max_images: 
 
 
 def measure_reconstruction(*, vae: str, tables: Sequence[str], stores: Sequence[str], statuses: Sequence[str] | None,
-                           splits: str, fold: str, image_size: int, output: str, cfg: dict, seed: int,
+                           splits: str, fold: str, image_size: int, output: str, fidelity: dict, seed: int,
                            threads: int = 1) -> None:
     """rFID, PSNR and SSIM of the fold's VAE on held-back patches at the LDM resolution -> ``output`` (JSON)."""
     from duvflow.ldm.vae import decode_latents, encode_images, load_vae
 
-    cfg = from_dict(FidelityConfig, cfg, "fidelity")
+    cfg = from_dict(FidelityConfig, fidelity, "fidelity")
     configure_threads(threads)
     device = select_device(cfg.device)
     index, source = _held_back_patches(tables, stores, statuses, splits, fold, cfg.max_real, fold_seed(seed, fold))

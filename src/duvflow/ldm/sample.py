@@ -180,6 +180,7 @@ def sample_synthetic(*, model: str, vae: str, latents: str, output: str, conditi
             "fold": str(fold),
         })
         write_parquet(manifest, Path(tmp) / MANIFEST, metadata={
-            "n_real": len(real), "synthetic_fraction": cfg.synthetic_fraction, "model": str(model),
+            # n_requested: what this folder must hold (duvflow.evaluate.flags checks it)
+            "n_real": len(real), "synthetic_fraction": cfg.synthetic_fraction, "n_requested": n_syn, "model": str(model),
             "image_size": meta.get("image_size"), **{k: v for k, v in run_metadata().items()}})
     _log.info("wrote %d synthetic patches to %s", n_syn, output)

@@ -46,7 +46,7 @@ class PatchStoreWriter:
                  attrs: dict | None = None, adaptive: bool = True):
         import h5py
 
-        from duvflow import __version__
+        from duvflow.core.provenance import code_version
 
         if compression not in _COMPRESSION:
             raise ValueError(f"unknown store compression {compression!r}; use one of {sorted(_COMPRESSION)}")
@@ -63,7 +63,7 @@ class PatchStoreWriter:
         self.adaptive = adaptive
         self._futile = 0  # patches in a row that compression did not pay for
         self._calls = 0
-        self._file.attrs.update({"format_version": FORMAT_VERSION, "duvflow_version": __version__,
+        self._file.attrs.update({"format_version": FORMAT_VERSION, "duvflow_version": code_version(),
                                  "patch_size": patch_size, **(attrs or {})})
 
     def encode(self, patch: np.ndarray) -> tuple[bytes | np.ndarray, int]:

@@ -176,7 +176,7 @@ def resolve_patch_size(cfg: TilingConfig, slide: Slide) -> tuple[int, tuple[floa
     return size, mpp, source
 
 
-def tile_slide(*, slide: str | os.PathLike, slide_id: str, label: str, config: dict, tiles: str | os.PathLike,
+def tile_slide(*, slide: str | os.PathLike, slide_id: str, label: str, tiling: dict, tiles: str | os.PathLike,
                store: str | os.PathLike, status: str | os.PathLike, thumbnail: str | os.PathLike,
                threads: int = 1) -> dict:
     """Tile one slide into ``store`` + ``tiles`` table; write ``status`` JSON and the QC ``thumbnail``.
@@ -184,7 +184,7 @@ def tile_slide(*, slide: str | os.PathLike, slide_id: str, label: str, config: d
     Returns the status record. ``threads`` > 1 reads and compresses patches in worker threads
     (OpenSlide and the compressor release the GIL); the output does not depend on it.
     """
-    cfg = TilingConfig.from_dict(config)
+    cfg = TilingConfig.from_dict(tiling)
     t_start = time.perf_counter()
     record = {"slide_id": slide_id, "label": label, "path": str(slide), "status": "ok", "reason": "",
               "n_patches": 0, "n_candidates": 0, "background": None, "background_requested": cfg.background,
@@ -204,9 +204,9 @@ def tile_slide(*, slide: str | os.PathLike, slide_id: str, label: str, config: d
         _write_table(tiles, _empty_table(), cfg, record)
         _save_png(_render_message(slide_id, label, "SKIPPED", f"{err.path}\n{err.reason}"), thumbnail)
     record["elapsed_s"] = round(time.perf_counter() - t_start, 3)
-    from duvflow import __version__
+    from duvflow.core.provenance import code_version
 
-    record["duvflow_version"] = __version__
+    record["duvflow_version"] = code_version()
     write_json(record, status)
     _log.info("%s: %s, %d patches (%s)", slide_id, record["status"], record["n_patches"], record["reason"] or "ok")
     return record
@@ -345,10 +345,10 @@ def _empty_table() -> pd.DataFrame:
 def _write_table(path, table: pd.DataFrame, cfg: TilingConfig, record: dict) -> None:
     import json
 
-    from duvflow import __version__
+    from duvflow.core.provenance import code_version
 
     write_parquet(table[list(TABLE_COLUMNS)], path, metadata={
-        "duvflow_version": __version__, "status": record["status"], "slide_path": record["path"],
+        "duvflow_version": code_version(), "status": record["status"], "slide_path": record["path"],
         "tiling_config": json.dumps(dataclasses.asdict(cfg), sort_keys=True)})
 
 

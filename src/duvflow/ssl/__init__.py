@@ -3,5 +3,6 @@
 Modules: ``head`` (projection head, multi-crop model), ``loss`` (DINO loss with centring),
 ``schedules`` (cosine with warm-up and friends), ``augment`` (batched multi-crop), ``train``
 (the loop), ``model`` (backbone building, :func:`~duvflow.ssl.model.load_teacher`), ``embed``
-(embedding tables, :func:`~duvflow.ssl.embed.read_embeddings`), ``probe`` (before/after probes).
+(embedding tables), ``tables`` (:func:`~duvflow.ssl.tables.read_embeddings`, torch-free), ``probe``
+(before/after probes).
 """

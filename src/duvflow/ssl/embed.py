@@ -17,13 +17,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from duvflow import __version__
 from duvflow.core.config import from_dict
 from duvflow.core.io import write_parquet
 from duvflow.core.patches import PatchDataset, attach_split, load_patch_index, resize_batch
+from duvflow.core.provenance import code_version
 from duvflow.core.runtime import autocast, configure_threads, progress, select_device
 from duvflow.ssl.batches import as_uint8_tensor, collate_patches, to_device_float
 from duvflow.ssl.model import Embedder, build_backbone, data_stats, load_teacher
+from duvflow.ssl.tables import read_embeddings  # in __all__: the reader lives apart, free of torch
 
 __all__ = [
     "EmbedConfig",
@@ -112,18 +113,6 @@ def embedding_table(index: pd.DataFrame, embeddings: np.ndarray):
     return table.append_column("embedding", column)
 
 
-def read_embeddings(path: str | os.PathLike, columns: Sequence[str] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
-    """An embeddings parquet -> (metadata DataFrame, float32 (N, dim) matrix), rows aligned."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path, columns=None if columns is None else [*columns, "embedding"])
-    col = table.column("embedding").combine_chunks()
-    dim = col.type.list_size
-    matrix = col.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
-    meta = table.drop_columns(["embedding"]).to_pandas()
-    return meta, matrix
-
-
 def _workers(threads: int, num_workers: int | None, device=None) -> int:
     """DataLoader workers from the job's threads; on the CPU the compute threads shrink to match
     (loader workers + torch threads must not oversubscribe the cores)."""
@@ -156,7 +145,7 @@ def embed_patches(*, tables: Sequence[str], stores: Sequence[str], statuses: Seq
     _check_spread(emb, f"fold {fold}")
     write_parquet(embedding_table(index, emb), output, metadata={
         "fold": str(fold), "teacher": str(teacher), "backbone": meta["backbone"], "pooling": meta["pooling"],
-        "img_size": str(meta["img_size"]), "embed_dim": str(emb.shape[1]), "duvflow_version": __version__})
+        "img_size": str(meta["img_size"]), "embed_dim": str(emb.shape[1]), "duvflow_version": code_version()})
     _log.info("wrote %s (%d x %d)", output, *emb.shape)
 
 
@@ -180,7 +169,7 @@ def embed_initial(*, tables: Sequence[str], stores: Sequence[str], statuses: Seq
                              num_workers=_workers(threads, num_workers, device), desc="embed initial")
     write_parquet(embedding_table(index, emb), output, metadata={
         "fold": "initial", "backbone": dcfg.backbone, "pooling": dcfg.pooling, "img_size": str(dcfg.img_size),
-        "embed_dim": str(emb.shape[1]), "weights": str(dcfg.weights), "duvflow_version": __version__})
+        "embed_dim": str(emb.shape[1]), "weights": str(dcfg.weights), "duvflow_version": code_version()})
     _log.info("wrote %s (%d x %d)", output, *emb.shape)
 
 

@@ -22,7 +22,7 @@ from duvflow.core.config import from_dict
 from duvflow.core.figures import pyplot
 from duvflow.core.io import atomic_path, read_json, write_csv, write_json
 from duvflow.core.patches import LABEL_TO_INT
-from duvflow.ssl.embed import read_embeddings
+from duvflow.ssl.tables import read_embeddings
 
 __all__ = ["ProbeConfig", "fit_probes", "probe_embeddings", "summarise_probes"]
 

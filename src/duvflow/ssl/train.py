@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from duvflow import __version__
 from duvflow.core.config import from_dict
 from duvflow.core.figures import pyplot
 from duvflow.core.io import atomic_path, write_csv, write_json
 from duvflow.core.patches import PatchDataset, attach_split, load_patch_index
+from duvflow.core.provenance import code_version
 from duvflow.core.runtime import autocast, configure_threads, progress, seed_everything
 from duvflow.core.splits import fold_seed
 from duvflow.ssl.augment import AugmentConfig, CropConfig, MultiCropAugment
@@ -381,7 +381,7 @@ def train_dino(*, tables: Sequence[str], stores: Sequence[str], statuses: Sequen
         "mean": mean, "std": std, "fold": str(fold), "seed": seed, "steps": total, "epochs": cfg.epochs,
         "initial_weights": cfg.weights, "train_slides": train_slides, "n_train_patches": len(train),
         "final_metrics": {k: float(v) for k, v in table.iloc[-1].items()} if len(table) else {},
-        "collapse_warnings": monitor.warned, "duvflow_version": __version__,
+        "collapse_warnings": monitor.warned, "duvflow_version": code_version(),
         "fingerprint": fingerprint(Embedder(teacher_model.backbone, mean, std, cfg.img_size)),
     }
     if monitor.warned:

@@ -20,7 +20,7 @@ from typing import Any
 
 from duvflow.core.io import atomic_path
 
-__all__ = ["CheckpointManager", "load_weights", "restore_rng_state", "rng_state", "save_weights"]
+__all__ = ["CheckpointManager", "load_torch_file", "load_weights", "restore_rng_state", "rng_state", "save_weights"]
 
 _log = logging.getLogger(__name__)
 _CKPT = re.compile(r"^checkpoint-(\d+)\.pt$")
@@ -42,12 +42,15 @@ def load_weights(path: str | os.PathLike, device: str = "cpu") -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device=device)
-    import torch
-
-    obj = torch.load(path, map_location=device, weights_only=True)
+        try:
+            return load_file(str(path), device=device)
+        except SafetensorError as err:
+            raise ValueError(f"{path} is not a valid safetensors file ({err}); it was cut short or is not a "
+                             "model file: write or copy it again") from None
+    obj = load_torch_file(path, map_location=device)
     for key in ("state_dict", "model", "teacher", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -55,6 +58,31 @@ def load_weights(path: str | os.PathLike, device: str = "cpu") -> dict:
     if not isinstance(obj, dict):
         raise TypeError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def load_torch_file(path: str | os.PathLike, map_location: str = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with errors that name the file and the fix.
+
+    A refused pickle is reported without torch's advice to retry with ``weights_only=False``: such
+    a file can run code when loaded.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f" (it refers to {found.group(1)})" if found else ""
+        raise ValueError(f"{path} holds Python objects other than tensors and plain containers{what}, so it was "
+                         "not loaded. If it is a checkpoint of this workflow, delete it to start afresh; never "
+                         "load untrusted pickles.") from None
+    except RuntimeError as err:
+        if "zip archive" not in str(err) and "PytorchStreamReader" not in str(err):
+            raise
+        raise ValueError(f"{path} is not a readable torch file (cut short or corrupted); delete it to start "
+                         "afresh") from None
 
 
 def rng_state() -> dict:
@@ -119,13 +147,11 @@ class CheckpointManager:
 
     def load_latest(self, map_location: str = "cpu") -> dict | None:
         """The newest checkpoint's state, or None when there is none or it belongs to another run."""
-        import torch
-
         existing = self._existing()
         if not existing:
             return None
         step, path = existing[-1]
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = load_torch_file(path, map_location=map_location)
         saved = json.loads(state.pop("run_config"))
         if saved != self.run_config:
             _log.warning("ignoring %s: it was written with a different configuration; starting afresh", path)
