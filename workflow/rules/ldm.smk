@@ -95,10 +95,26 @@ rule sample_ldm:
         runtime=res("sample_ldm", "runtime"),
         gpu=gpus("sample_ldm"),
     params:
-        sampling=cfg("sampling"),
+        sampling=sampling_params(guidance_values()[0]),
         seed=config["seed"],
     script:
         "../scripts/sample_ldm.py"
+
+
+# The same LDM at the guidance sweep's other scales (and 0, unconditional), for the fidelity table
+# only: the same plan and noise as the classifier's set, so the sets are paired image by image.
+use rule sample_ldm as sample_ldm_guidance with:
+    output:
+        synthetic=directory(
+            out("synthetic_guidance", "{cond}", "g{guidance}", "fold_{fold}")
+        ),
+    log:
+        out("logs", "sample_ldm", "{cond}", "g{guidance}", "fold_{fold}.log"),
+    benchmark:
+        out("benchmarks", "sample_ldm", "{cond}", "g{guidance}", "fold_{fold}.tsv")
+    params:
+        sampling=lambda wc: sampling_params(wc.guidance),
+        seed=config["seed"],
 
 
 rule measure_fidelity:
@@ -110,6 +126,13 @@ rule measure_fidelity:
         teacher_config=out("dino", "fold_{fold}", "teacher.json"),
     output:
         report=out("fid", "{cond}", "fold_{fold}.json"),
+        neighbours=report(
+            out("fid", "{cond}", "fold_{fold}_neighbours.png"),
+            caption="../report/memorisation.rst",
+            category="4. Latent diffusion",
+            subcategory="Memorisation audit",
+            labels={"conditioning": "{cond}", "fold": "{fold}"},
+        ),
     log:
         out("logs", "measure_fidelity", "{cond}", "fold_{fold}.log"),
     benchmark:
@@ -122,10 +145,69 @@ rule measure_fidelity:
         runtime=res("measure_fidelity", "runtime"),
         gpu=gpus("measure_fidelity"),
     params:
-        fidelity=cfg("fidelity"),
+        fidelity=fidelity_params(),
         seed=config["seed"],
     script:
         "../scripts/measure_fidelity.py"
+
+
+use rule measure_fidelity as measure_fidelity_guidance with:
+    input:
+        unpack(get_tile_tables),
+        splits=out("splits.csv"),
+        synthetic=out("synthetic_guidance", "{cond}", "g{guidance}", "fold_{fold}"),
+        teacher=out("dino", "fold_{fold}", "teacher.safetensors"),
+        teacher_config=out("dino", "fold_{fold}", "teacher.json"),
+    output:
+        report=out("fid", "{cond}", "g{guidance}", "fold_{fold}.json"),
+        neighbours=report(
+            out("fid", "{cond}", "g{guidance}", "fold_{fold}_neighbours.png"),
+            caption="../report/memorisation.rst",
+            category="4. Latent diffusion",
+            subcategory="Memorisation audit",
+            labels={
+                "conditioning": "{cond}",
+                "guidance": "{guidance}",
+                "fold": "{fold}",
+            },
+        ),
+    log:
+        out("logs", "measure_fidelity", "{cond}", "g{guidance}", "fold_{fold}.log"),
+    benchmark:
+        out(
+            "benchmarks",
+            "measure_fidelity",
+            "{cond}",
+            "g{guidance}",
+            "fold_{fold}.tsv",
+        )
+
+
+rule measure_reconstruction:
+    input:
+        unpack(get_tile_tables),
+        splits=out("splits.csv"),
+        vae=out("vae", "fold_{fold}"),
+    output:
+        report=out("fid", "reconstruction", "fold_{fold}.json"),
+    log:
+        out("logs", "measure_reconstruction", "fold_{fold}.log"),
+    benchmark:
+        out("benchmarks", "measure_reconstruction", "fold_{fold}.tsv")
+    conda:
+        "../envs/duvflow.yaml"
+    # the same kind of job as measure_fidelity (Inception features of a few thousand patches)
+    threads: res("measure_fidelity", "threads")
+    resources:
+        mem_mb=res("measure_fidelity", "mem_mb"),
+        runtime=res("measure_fidelity", "runtime"),
+        gpu=gpus("measure_fidelity"),
+    params:
+        fidelity=fidelity_params(),
+        image_size=config["vae"]["image_size"],
+        seed=config["seed"],
+    script:
+        "../scripts/measure_reconstruction.py"
 
 
 rule plot_samples:
@@ -159,6 +241,10 @@ rule summarise_fidelity:
     input:
         reports=expand(
             out("fid", "{cond}", "fold_{fold}.json"), cond=LDM_CONDS, fold=cv_folds()
+        ),
+        sweep=get_guidance_sweep_reports(),
+        reconstruction=expand(
+            out("fid", "reconstruction", "fold_{fold}.json"), fold=cv_folds()
         ),
     output:
         table=report(

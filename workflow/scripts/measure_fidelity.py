@@ -14,5 +14,6 @@ with gpu_job(snakemake.resources):
         statuses=snakemake.input.statuses, splits=snakemake.input.splits, fold=snakemake.wildcards.fold,
         condition=snakemake.wildcards.cond, teacher=snakemake.input.teacher,
         teacher_config=snakemake.input.teacher_config, output=snakemake.output.report,
+        neighbours=snakemake.output.neighbours,
         fidelity=snakemake.params.fidelity, seed=snakemake.params.seed, threads=snakemake.threads,
     )

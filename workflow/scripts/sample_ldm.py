@@ -13,5 +13,5 @@ with gpu_job(snakemake.resources):
         model=snakemake.input.model, vae=snakemake.input.vae, latents=snakemake.input.latents,
         embeddings=snakemake.input.get("embeddings"), output=snakemake.output.synthetic,
         condition=snakemake.wildcards.cond, fold=snakemake.wildcards.fold, sampling=snakemake.params.sampling,
-        seed=snakemake.params.seed, threads=snakemake.threads,
+        seed=snakemake.params.seed, guidance=snakemake.wildcards.get("guidance"), threads=snakemake.threads,
     )

@@ -8,4 +8,5 @@ setup_logging(snakemake.log[0])
 from duvflow.ldm.fidelity_table import summarise_fidelity
 
 summarise_fidelity(reports=list(snakemake.input.reports), table=snakemake.output.table,
-                   markdown=snakemake.output.markdown)
+                   markdown=snakemake.output.markdown,
+                   reconstruction=list(snakemake.input.reconstruction), sweep=list(snakemake.input.sweep))

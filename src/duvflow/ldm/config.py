@@ -98,13 +98,19 @@ class LdmConfig:
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
     steps: int = 50
-    guidance: float = 2.0
+    guidance: float | tuple[float, ...] = 2.0  # a list: the classifier's set uses the first
     eta: float = 0.0
     synthetic_fraction: float = 0.05
     max_synthetic: int | None = None
     batch_size: int = 32
     mixed_precision: bool = True
     device: str = "auto"
+
+    @property
+    def guidance_values(self) -> tuple[float, ...]:
+        """Every configured guidance scale; the first is the classifier arms'."""
+        values = self.guidance if isinstance(self.guidance, tuple) else (self.guidance,)
+        return tuple(float(v) for v in values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,4 +122,5 @@ class FidelityConfig:
     kid_subset_size: int = 1000
     kid_subsets: int = 100
     batch_size: int = 32
+    near_copy_percentile: float = 1.0
     device: str = "auto"

@@ -31,18 +31,26 @@ import torch
 from torch import nn
 
 from duvflow.core.config import from_dict
-from duvflow.core.io import write_json
+from duvflow.core.io import atomic_path, write_json
 from duvflow.core.patches import PatchDataset, resize_batch
 from duvflow.core.runtime import configure_threads, progress, select_device
 from duvflow.core.splits import fold_seed
 from duvflow.ldm.common import run_metadata
 from duvflow.ldm.config import FidelityConfig
 from duvflow.ldm.data import fold_training_patches
-from duvflow.ldm.fidelity_table import format_metric, summarise_fidelity  # the summary needs no torch
+from duvflow.ldm.fidelity_table import (  # the summary needs no torch
+    FD_DINO_SPACE,
+    format_metric,
+    format_percent,
+    summarise_fidelity,
+)
+from duvflow.ldm.figures import plot_nearest_pairs
+from duvflow.ldm.memorisation import audit_memorisation
 
 __all__ = [
     "EmbedderFeatures",
     "InceptionFeatures",
+    "QuantisedImages",
     "extract_features",
     "find_inception",
     "frechet_distance",
@@ -53,6 +61,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 FID_HELPER_FILE = "default_1.pt"
+MIN_FID_IMAGES = 2048  # below this FID is noticeably biased upwards (Chong & Forsyth, 2020)
 
 
 class InceptionFeatures(nn.Module):
@@ -73,9 +82,10 @@ class InceptionFeatures(nn.Module):
             images = images.float() / 255.0
         if self.uint8_input:
             return self.net((images.clamp(0, 1) * 255).round().to(torch.uint8)).reshape(len(images), -1)
+        # pytorch-fid's preprocessing of the same network: bilinear resize without antialiasing, then [0, 1] -> [-1, 1]
         x = torch.nn.functional.interpolate(images.float(), size=(self.size, self.size), mode="bilinear",
                                             align_corners=False)
-        x = (x * 2 - 1).clamp(-1.0, 1.0 - 2.0 / 256)
+        x = x * 2 - 1
         with torch.jit.optimized_execution(False):  # TorchScript's profiling runs only slow down short jobs
             return self.net(x).reshape(len(images), -1)
 
@@ -192,6 +202,7 @@ class _PngImages:
 
     def __init__(self, files: Sequence[Path]):
         self.files = list(files)
+        self.image_size = _image_size(self.files[0]) if self.files else 0
 
     def __len__(self) -> int:
         return len(self.files)
@@ -206,8 +217,8 @@ class _PngImages:
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
 
 
-class _RealImages:
-    """Real patches resized to the LDM resolution and quantised to 8 bit like the PNGs."""
+class QuantisedImages:
+    """Real patches resized to the LDM resolution and quantised to 8 bit like the PNGs (lossless)."""
 
     def __init__(self, dataset: PatchDataset):
         self.dataset = dataset
@@ -223,31 +234,24 @@ class _RealImages:
 
 def measure_fidelity(*, synthetic: str, tables: Sequence[str], stores: Sequence[str], statuses: Sequence[str] | None,
                      splits: str, fold: str, condition: str, teacher: str, output: str, fidelity: dict, seed: int,
-                     teacher_config: str | None = None, threads: int = 1) -> None:
-    """FID, FD-DINO and KID of one synthetic folder against the fold's real training patches."""
-    from duvflow.ssl.model import load_teacher
-
+                     teacher_config: str | None = None, neighbours: str | None = None, threads: int = 1) -> None:
+    """FID, FD-DINO, KID and the memorisation audit of one synthetic folder against the fold's real
+    training patches; ``neighbours`` (optional PNG) shows the closest synthetic/real pairs."""
     cfg = from_dict(FidelityConfig, fidelity, "fidelity")
     configure_threads(threads)
     device = select_device(cfg.device)
     seed = fold_seed(seed, fold)
-    manifest = pd.read_parquet(Path(synthetic) / "manifest.parquet")
-    syn_files = [Path(synthetic) / f for f in manifest["file"]]
-    rng = np.random.default_rng(seed)
-    if len(syn_files) > cfg.max_synthetic:
-        syn_files = [syn_files[i] for i in np.sort(rng.choice(len(syn_files), cfg.max_synthetic, replace=False))]
-    fake = _PngImages(syn_files)
-    size = _image_size(fake)
-    index = fold_training_patches(tables, stores, statuses, splits, fold)
-    if len(index) > cfg.max_real:
-        index = index.iloc[np.sort(rng.choice(len(index), cfg.max_real, replace=False))].reset_index(drop=True)
-    real = _RealImages(PatchDataset(index, size=size))
-    result = {"condition": condition, "fold": str(fold), "n_real": len(real), "n_synthetic": len(fake),
-              "image_size": size, "fid": None, "fid_note": "", "kid": None, "kid_std": None,
-              "fd_dino": None, "kid_dino": None, "kid_dino_std": None}
+    fake, real, guidance = _fidelity_sets(synthetic, tables, stores, statuses, splits, fold, cfg, seed)
+    result = {"condition": condition, "fold": str(fold), "guidance": guidance, "n_real": len(real),
+              "n_synthetic": len(fake),
+              "image_size": fake.image_size, "fid": None, "fid_note": "", "kid": None, "kid_std": None,
+              "fd_dino": None, "kid_dino": None, "kid_dino_std": None, "fd_dino_space": FD_DINO_SPACE,
+              "near_copy_percentile": cfg.near_copy_percentile}
     if len(fake) < 2 or len(real) < 2:
         result["fid_note"] = f"too few images ({len(real)} real, {len(fake)} synthetic) for Frechet distances"
         _log.warning("fold %s %s: %s", fold, condition, result["fid_note"])
+        if neighbours:
+            _empty_figure(neighbours, result["fid_note"])
         write_json({**result, **run_metadata()}, output)
         return
 
@@ -261,6 +265,10 @@ def measure_fidelity(*, synthetic: str, tables: Sequence[str], stores: Sequence[
         result["fid"] = frechet_distance(f_real, f_fake)
         result["kid"], result["kid_std"] = kernel_distance(f_real, f_fake, cfg.kid_subset_size, cfg.kid_subsets, seed)
         result["fid_note"] = f"Inception-v3 from {source}"
+        result.update(audit_memorisation(f_real, f_fake, space="inception", percentile=cfg.near_copy_percentile)
+                      .summary())
+    from duvflow.ssl.model import load_teacher
+
     embedder, _ = load_teacher(teacher, teacher_config)
     dino = EmbedderFeatures(embedder)
     d_real = extract_features(dino, real, cfg.batch_size, device, "DINO real")
@@ -268,15 +276,62 @@ def measure_fidelity(*, synthetic: str, tables: Sequence[str], stores: Sequence[
     result["fd_dino"] = frechet_distance(d_real, d_fake)
     result["kid_dino"], result["kid_dino_std"] = kernel_distance(d_real, d_fake, cfg.kid_subset_size,
                                                                  cfg.kid_subsets, seed)
-    if min(len(real), len(fake)) < 2048:
+    audit = audit_memorisation(d_real, d_fake, space="dino", percentile=cfg.near_copy_percentile, normalise=True)
+    result.update(audit.summary())
+    if neighbours:
+        plot_nearest_pairs(synthetic=_LazyUint8(fake), real=_LazyUint8(real), distances=audit.synthetic_distance,
+                           nearest=audit.nearest_real, threshold=audit.threshold, space="DINO (cosine)",
+                           percentile=cfg.near_copy_percentile,
+                           title=f"fold {fold}, {condition}-conditioned", output=neighbours)
+    if min(len(real), len(fake)) < MIN_FID_IMAGES:
         result["fid_note"] += f"; few images ({len(real)} real, {len(fake)} synthetic): FID is biased upwards"
-    _log.info("fold %s %s: FID %s, FD-DINO %.4f, KID %s (%d real, %d synthetic)", fold, condition,
-              format_metric(result["fid"]), result["fd_dino"], format_metric(result["kid"]), len(real), len(fake))
+        _log.warning("fold %s %s: only %d real and %d synthetic images (< %d): FID and FD-DINO are biased upwards "
+                     "and comparable only at equal counts", fold, condition, len(real), len(fake), MIN_FID_IMAGES)
+    _log.info("fold %s %s: FID %s, FD-DINO %.4f, KID %s, near copies %s (Inception) / %.1f%% (DINO) "
+              "(%d real, %d synthetic)", fold, condition, format_metric(result["fid"]), result["fd_dino"], format_metric(result["kid"]),
+              format_percent(result.get("near_copy_fraction_inception")), 100 * audit.near_copy_fraction, len(real), len(fake))
     write_json({**result, **run_metadata()}, output)
 
 
-def _image_size(images: _PngImages) -> int:
+def _fidelity_sets(synthetic, tables, stores, statuses, splits, fold, cfg: FidelityConfig, seed: int):
+    """The synthetic PNGs and the real reference set (the fold's training patches, subsampled by ``seed``)."""
+    manifest = pd.read_parquet(Path(synthetic) / "manifest.parquet")
+    syn_files = [Path(synthetic) / f for f in manifest["file"]]
+    rng = np.random.default_rng(seed)
+    if len(syn_files) > cfg.max_synthetic:
+        syn_files = [syn_files[i] for i in np.sort(rng.choice(len(syn_files), cfg.max_synthetic, replace=False))]
+    fake = _PngImages(syn_files)
+    index = fold_training_patches(tables, stores, statuses, splits, fold)
+    if len(index) > cfg.max_real:
+        index = index.iloc[np.sort(rng.choice(len(index), cfg.max_real, replace=False))].reset_index(drop=True)
+    guidance = float(manifest["guidance"].iloc[0]) if len(manifest) and "guidance" in manifest else None
+    return fake, QuantisedImages(PatchDataset(index, size=fake.image_size)), guidance
+
+
+class _LazyUint8:
+    """HWC uint8 views of an image set's [0, 1] CHW tensors, decoded on access (for figures)."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __getitem__(self, item) -> np.ndarray:
+        return (self.images[int(item)] * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def _empty_figure(output: str, message: str) -> None:
+    from duvflow.core.figures import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4, 1.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=8)
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _image_size(path: Path) -> int:
     from PIL import Image
 
-    with Image.open(images.files[0]) as im:
+    with Image.open(path) as im:
         return int(im.size[0])

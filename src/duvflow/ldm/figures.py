@@ -19,7 +19,7 @@ from duvflow.core.figures import pyplot
 from duvflow.core.io import atomic_path
 from duvflow.core.patches import LABEL_TO_INT, PatchDataset, load_patch_index
 
-__all__ = ["plot_samples", "select_rows"]
+__all__ = ["plot_nearest_pairs", "plot_samples", "select_rows"]
 
 _log = logging.getLogger(__name__)
 FRAME = {"benign": (40, 110, 230), "malignant": (220, 40, 40)}
@@ -108,3 +108,39 @@ def plot_samples(*, ssl: str, class_: str, tables: Sequence[str], stores: Sequen
         fig.savefig(tmp, format="png")
     plt.close(fig)
     _log.info("sample figure of fold %s written to %s", fold, output)
+
+
+def plot_nearest_pairs(*, synthetic: Sequence[np.ndarray], real: Sequence[np.ndarray], distances: np.ndarray,
+                       nearest: np.ndarray, threshold: float, space: str, title: str, output: str,
+                       percentile: float = 1.0, n: int = 8) -> None:
+    """The ``n`` synthetic patches closest to a real training patch (top row) above that patch (bottom row).
+
+    ``distances[i]``/``nearest[i]``: synthetic patch i's nearest-neighbour distance and the index of that
+    real patch; pairs under ``threshold`` (near copies) are marked in red.
+    """
+    plt = pyplot()
+    order = np.argsort(distances, kind="stable")[:n]
+    fig, axes = plt.subplots(2, max(1, len(order)), figsize=(1.6 * max(1, len(order)) + 0.6, 3.9), dpi=150,
+                             squeeze=False)
+    for col, i in enumerate(order):
+        for row, img in enumerate((synthetic[i], real[nearest[i]])):
+            ax = axes[row, col]
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            near = distances[i] < threshold
+            for spine in ax.spines.values():
+                spine.set_edgecolor("tab:red" if near else "0.6")
+                spine.set_linewidth(2.5 if near else 0.8)
+        axes[0, col].set_title(f"d={distances[i]:.3g}", fontsize=7, color="tab:red" if distances[i] < threshold
+                               else "black")
+    for ax in axes.ravel()[2 * len(order):]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("synthetic", fontsize=8)
+    axes[1, 0].set_ylabel("nearest real", fontsize=8)
+    fig.suptitle(f"{title}: closest synthetic/real pairs in {space} space (red: closer than the {percentile:g}th "
+                 f"percentile of real-to-real distances, {threshold:.3g})", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

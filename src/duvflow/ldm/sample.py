@@ -82,11 +82,17 @@ def sample_images(unet, encoder, vae, scheduler, conditions: torch.Tensor, seeds
 
 
 def sample_synthetic(*, model: str, vae: str, latents: str, output: str, condition: str, fold: str, sampling: dict,
-                     seed: int, embeddings: str | None = None, threads: int = 1) -> None:
-    """Write the synthetic patch folder ``output`` for one arm and fold."""
+                     seed: int, embeddings: str | None = None, guidance: float | None = None,
+                     threads: int = 1) -> None:
+    """Write the synthetic patch folder ``output`` for one arm and fold.
+
+    ``guidance`` (a guidance sweep's value) overrides the first configured scale; the plan and the noise
+    do not depend on it, so sets of one fold at different scales are paired image by image.
+    """
     from PIL import Image
 
     cfg = from_dict(SamplingConfig, sampling, "sampling")
+    guidance = cfg.guidance_values[0] if guidance is None else float(guidance)
     configure_threads(threads)
     seed = fold_seed(seed, fold)  # the same plan and noise in both arms
     device = select_device(cfg.device)
@@ -118,7 +124,7 @@ def sample_synthetic(*, model: str, vae: str, latents: str, output: str, conditi
     seeds = seed + np.arange(n_syn)
     latent_shape = (meta["latent_channels"], meta["latent_size"], meta["latent_size"])
     _log.info("fold %s, %s arm: %d synthetic patches for %d real training patches (fraction %.3f), %d DDIM steps, "
-              "guidance %.2f", fold, condition, n_syn, len(real), cfg.synthetic_fraction, cfg.steps, cfg.guidance)
+              "guidance %.2f", fold, condition, n_syn, len(real), cfg.synthetic_fraction, cfg.steps, guidance)
 
     files = [f"syn_{i:06d}.png" for i in range(n_syn)]
     with atomic_path(output, suffix="") as tmp:
@@ -126,7 +132,7 @@ def sample_synthetic(*, model: str, vae: str, latents: str, output: str, conditi
         for start in progress(range(0, n_syn, cfg.batch_size), desc=f"sample {condition} fold {fold}"):
             sl = slice(start, start + cfg.batch_size)
             images = sample_images(unet, encoder, decoder, scheduler, conditions[sl], seeds[sl], steps=cfg.steps,
-                                   guidance=cfg.guidance, eta=cfg.eta, latent_shape=latent_shape, device=device,
+                                   guidance=guidance, eta=cfg.eta, latent_shape=latent_shape, device=device,
                                    mixed_precision=cfg.mixed_precision)
             for name, img in zip(files[sl], images, strict=True):
                 Image.fromarray(img).save(tmp / name, format="PNG")
@@ -136,7 +142,7 @@ def sample_synthetic(*, model: str, vae: str, latents: str, output: str, conditi
             "source_slide": source["slide_id"].astype(str).to_numpy(),
             "source_patch": source["patch_index"].astype("int64").to_numpy(),
             "seed": seeds.astype(np.int64),
-            "guidance": float(cfg.guidance),
+            "guidance": guidance,
             "steps": int(cfg.steps),
             "condition": condition,
             "fold": str(fold),
