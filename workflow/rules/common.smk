@@ -1,5 +1,6 @@
 # Shared by the other .smk files - config and sample-sheet validation, paths, resources, input
 # functions. Nothing here imports torch.
+import json
 import os
 import re
 import sys
@@ -14,9 +15,13 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [DUVFLOW_SRC, os.getenv("PYTHONPATH")]))
 )
 
+from duvflow.core.config import result_settings, typed_overrides
 from duvflow.core.sheet import SampleSheetError, read_sheet, validate_sheet
 from duvflow.demo.cohort import cohort_plan
+from snakemake.utils import update_config
 
+# `--config aggregate='{theta: 0.3}'` changes one nested setting: Snakemake leaves the 0.3 a string
+update_config(config, typed_overrides(workflow.config_settings.config))
 validate(config, schema="../schemas/config.schema.yaml")
 
 OUT = config["output_dir"]
@@ -51,8 +56,12 @@ ARMS = list(config["arms"])
 
 
 def cfg(section):
-    """A config section, for `params:` (so a changed setting reruns the rule)."""
-    return config[section]
+    """A config section's result settings, for `params:` (so a changed setting reruns the rule).
+
+    Its run-time-only keys (`duvflow.core.config.RUNTIME_KEYS`) are left out, so changing them
+    reruns nothing; the entry script adds them back from `snakemake.config` (`job_settings`).
+    """
+    return result_settings(section, config[section])
 
 
 def res(rule_name, key):
@@ -84,6 +93,23 @@ def get_slide_path(wildcards):
 
 def get_slide_label(wildcards):
     return samples.loc[wildcards.slide, "label"]
+
+
+def bad_slide_policy(wildcards):
+    """`tiling.on_bad_slide` as a tracked param of the slides whose outcome it changes, else None.
+
+    Only an unreadable slide depends on the policy. Under `fail` its job fails and leaves nothing,
+    so switching to `skip` runs it anyway (missing outputs). A slide recorded as skipped must fail
+    once the policy is `fail`: for it alone the param changes. Readable slides never rerun.
+    """
+    if config["tiling"]["on_bad_slide"] != "fail":
+        return None
+    try:
+        with open(out("tiles", f"{wildcards.slide}.json")) as f:
+            skipped = json.load(f).get("status") == "skipped"
+    except (OSError, ValueError):
+        return None
+    return "fail" if skipped else None
 
 
 # --- classifier, aggregation, evaluation ---------------------------------------------------------

@@ -1,5 +1,6 @@
 """Rule embed_initial: every patch through the backbone DINO starts from (the probes' baseline)."""
 # ruff: noqa: F821
+from duvflow.core.config import job_settings
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -9,6 +10,6 @@ from duvflow.ssl.embed import embed_initial
 with gpu_job(snakemake.resources):
     embed_initial(
         tables=snakemake.input.tables, stores=snakemake.input.stores, statuses=snakemake.input.statuses,
-        output=snakemake.output.embeddings, dino=snakemake.params.dino, embed=snakemake.params.embed,
+        output=snakemake.output.embeddings, dino=snakemake.params.dino, embed=job_settings(snakemake, "embed"),
         seed=snakemake.params.seed, threads=snakemake.threads,
     )

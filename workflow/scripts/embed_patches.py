@@ -1,5 +1,6 @@
 """Rule embed_patches: every patch of every usable slide through the fold's DINO teacher -> parquet."""
 # ruff: noqa: F821
+from duvflow.core.config import job_settings
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -11,5 +12,5 @@ with gpu_job(snakemake.resources):
         tables=snakemake.input.tables, stores=snakemake.input.stores, statuses=snakemake.input.statuses,
         splits=snakemake.input.splits, fold=snakemake.wildcards.fold, teacher=snakemake.input.teacher,
         teacher_config=snakemake.input.teacher_config, output=snakemake.output.embeddings,
-        embed=snakemake.params.embed, threads=snakemake.threads,
+        embed=job_settings(snakemake, "embed"), threads=snakemake.threads,
     )

@@ -1,5 +1,6 @@
 """Rule encode_latents: every training patch of the fold through the frozen VAE, once (latent cache)."""
 # ruff: noqa: F821
+from duvflow.core.config import job_settings
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -10,5 +11,5 @@ with gpu_job(snakemake.resources):
     encode_latents(
         vae=snakemake.input.vae, tables=snakemake.input.tables, stores=snakemake.input.stores,
         statuses=snakemake.input.statuses, splits=snakemake.input.splits, fold=snakemake.wildcards.fold,
-        output=snakemake.output.latents, cfg=snakemake.params.vae, threads=snakemake.threads,
+        output=snakemake.output.latents, cfg=job_settings(snakemake, "vae"), threads=snakemake.threads,
     )

@@ -1,5 +1,6 @@
 """Rule measure_fidelity: FID, FD-DINO and KID of one synthetic folder against the fold's real patches."""
 # ruff: noqa: F821
+from duvflow.core.config import job_settings
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -12,5 +13,5 @@ with gpu_job(snakemake.resources):
         statuses=snakemake.input.statuses, splits=snakemake.input.splits, fold=snakemake.wildcards.fold,
         condition=snakemake.wildcards.cond, teacher=snakemake.input.teacher,
         teacher_config=snakemake.input.teacher_config, output=snakemake.output.report,
-        cfg=snakemake.params.fidelity, seed=snakemake.params.seed, threads=snakemake.threads,
+        cfg=job_settings(snakemake, "fidelity"), seed=snakemake.params.seed, threads=snakemake.threads,
     )

@@ -1,5 +1,6 @@
 """Rule predict_tiles: malignancy probability of every patch of a fold's validation and test slides."""
 # ruff: noqa: F821
+from duvflow.core.config import job_settings
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -10,5 +11,5 @@ with gpu_job(snakemake.resources):
     predict_tiles(
         model_dir=snakemake.params.model_dir, tables=snakemake.input.tables, stores=snakemake.input.stores,
         statuses=snakemake.input.statuses, splits=snakemake.input.splits, fold=snakemake.wildcards.fold,
-        output=snakemake.output.patches, config=snakemake.params.classifier, threads=snakemake.threads,
+        output=snakemake.output.patches, config=job_settings(snakemake, "classifier"), threads=snakemake.threads,
     )

@@ -1,5 +1,6 @@
 """Rule sample_ldm: the synthetic patch folder of one conditioning and fold (guided DDIM)."""
 # ruff: noqa: F821
+from duvflow.core.config import job_settings
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -10,6 +11,6 @@ with gpu_job(snakemake.resources):
     sample_synthetic(
         model=snakemake.input.model, vae=snakemake.input.vae, latents=snakemake.input.latents,
         embeddings=snakemake.input.get("embeddings"), output=snakemake.output.synthetic,
-        condition=snakemake.wildcards.cond, fold=snakemake.wildcards.fold, cfg=snakemake.params.sampling,
+        condition=snakemake.wildcards.cond, fold=snakemake.wildcards.fold, cfg=job_settings(snakemake, "sampling"),
         seed=snakemake.params.seed, threads=snakemake.threads,
     )

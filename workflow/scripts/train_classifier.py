@@ -1,5 +1,6 @@
 """Rule train_classifier: the patch classifier of one arm on one fold (GPU when granted)."""
 # ruff: noqa: F821
+from duvflow.core.config import job_settings
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -13,6 +14,6 @@ with gpu_job(snakemake.resources) as job:  # gpu > 1: one data-parallel process 
         splits=snakemake.input.splits, synthetic=snakemake.input.get("synthetic"), fold=snakemake.wildcards.fold,
         arm=snakemake.wildcards.arm, model_output=snakemake.output.model, meta_output=snakemake.output.meta,
         metrics_output=snakemake.output.metrics, checkpoint_dir=snakemake.params.checkpoint_dir,
-        config=snakemake.params.classifier, tiling=snakemake.params.tiling, seed=snakemake.params.seed,
-        threads=snakemake.threads,
+        config=job_settings(snakemake, "classifier"), tiling=job_settings(snakemake, "tiling"),
+        seed=snakemake.params.seed, threads=snakemake.threads,
     )

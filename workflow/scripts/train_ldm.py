@@ -1,5 +1,6 @@
 """Rule train_ldm: the fold's latent diffusion model for one conditioning (ssl or class)."""
 # ruff: noqa: F821
+from duvflow.core.config import job_settings
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -11,6 +12,6 @@ with gpu_job(snakemake.resources) as job:  # gpu > 1: one data-parallel process 
         train_ldm,
         latents=snakemake.input.latents, vae=snakemake.input.vae, embeddings=snakemake.input.get("embeddings"),
         output=snakemake.output.model, checkpoint_dir=snakemake.params.checkpoint_dir,
-        condition=snakemake.wildcards.cond, fold=snakemake.wildcards.fold, cfg=snakemake.params.ldm,
+        condition=snakemake.wildcards.cond, fold=snakemake.wildcards.fold, cfg=job_settings(snakemake, "ldm"),
         seed=snakemake.params.seed, threads=snakemake.threads,
     )

@@ -1,5 +1,6 @@
 """Rule train_vae: the fold's autoencoder (trained on its training patches, or the configured pretrained one)."""
 # ruff: noqa: F821
+from duvflow.core.config import job_settings
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -11,6 +12,6 @@ with gpu_job(snakemake.resources) as job:  # gpu > 1: one data-parallel process 
         train_vae,
         tables=snakemake.input.tables, stores=snakemake.input.stores, statuses=snakemake.input.statuses,
         splits=snakemake.input.splits, fold=snakemake.wildcards.fold, output=snakemake.output.vae,
-        checkpoint_dir=snakemake.params.checkpoint_dir, cfg=snakemake.params.vae, seed=snakemake.params.seed,
+        checkpoint_dir=snakemake.params.checkpoint_dir, cfg=job_settings(snakemake, "vae"), seed=snakemake.params.seed,
         threads=snakemake.threads,
     )
