@@ -174,3 +174,14 @@ def test_adding_a_slide_tiles_only_that_slide(tiny_run, tmp_path):
     jobs = _planned(workdir, tmp_path, own_sheet)
     assert [wc.get("slide") for rule, wc, _ in jobs if rule == "tile_slide"] == ["extra01"]
     assert "make_demo_slide" not in {rule for rule, _, _ in jobs}
+
+
+def test_the_report_shows_the_results_table_on_its_first_page(tiny_run, tmp_path):
+    report = tmp_path / "report.html"
+    snakemake(tiny_run, "--report", str(report))
+    html = report.read_text().replace("\\n", "\n")  # the pages are JSON strings inside the file
+    table = pd.read_csv(tiny_run / "results" / "comparison" / "arms.csv", dtype=str, keep_default_na=False)
+    assert len(table) == 6  # 3 arms x (fixed, auto theta)
+    for row in table.itertuples(index=False):  # arm, theta rule, theta, theta per fold, slides: one table row
+        assert re.search(r"\s*".join(f"<td>{re.escape(value)}</td>" for value in row[:5]), html), row
+    assert '"results/comparison/arms.md"' in html  # the Markdown table is a report item too
