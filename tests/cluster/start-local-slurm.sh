@@ -13,9 +13,10 @@
 #   SLURM_INSTALL    0 = never run apt-get               (default 1)
 #
 # What this script starts or writes outside $SLURM_RUNDIR is listed in $SLURM_RUNDIR/started:
-# daemons (`<name> <pidfile>`), files (`file <path> [<backup>]`: /etc/slurm/*.conf, a new munge
-# key) and folders it created (`dir <path>`). The stop script stops exactly those daemons, removes
-# those files (putting back any file that was there before) and the folders if empty.
+# daemons (`<name> <pidfile>`), files (`file <path> [<backup>]`: /etc/slurm/*.conf, a munge key
+# that it or installing munge made) and folders it created (`dir <path>`). The stop script stops
+# exactly those daemons, removes those files (putting back any file that was there before) and
+# the folders if empty.
 set -euo pipefail
 
 RUNDIR=${SLURM_RUNDIR:-/tmp/duvflow-slurm}
@@ -42,21 +43,23 @@ own_dir() { [[ -d $1 ]] || { mkdir -p "$1"; echo "dir $1" >> "$RUNDIR/started"; 
 
 [[ $(id -u) == 0 ]] || die "must run as root (daemons, /etc/slurm, munge key)"
 
+mkdir -p "$RUNDIR"/{state,spool,log,dev,backup}
+chmod 755 "$RUNDIR"
+touch "$RUNDIR/started"
+
 # --- packages ------------------------------------------------------------------------------
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v sbatch >/dev/null \
    || ! command -v munged >/dev/null; then
     [[ ${SLURM_INSTALL:-1} == 1 ]] || die "SLURM is not installed and SLURM_INSTALL=0"
     command -v apt-get >/dev/null || die "SLURM is not installed and apt-get is not available"
     say "installing slurmctld slurmd slurm-client munge (apt-get)"
+    # installing munge generates /etc/munge/munge.key: ours to remove again
+    [[ -e /etc/munge/munge.key ]] || own /etc/munge/munge.key
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq || die "apt-get update failed"
     apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null \
         || die "apt-get install failed"
 fi
-
-mkdir -p "$RUNDIR"/{state,spool,log,dev,backup}
-chmod 755 "$RUNDIR"
-touch "$RUNDIR/started"
 
 # --- already up? ----------------------------------------------------------------------------
 if alive "$RUNDIR/slurmctld.pid" && alive "$RUNDIR/slurmd.pid" \

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Undo start-local-slurm.sh (what it lists in $SLURM_RUNDIR/started), newest first: stop the
-# daemons it started, by PID; remove the files it wrote (/etc/slurm/*.conf, a munge key it made),
-# putting back the files that were there before; remove the folders it created if empty.
-# Daemons, files and packages that were there before it are left alone.
+# daemons it started, by PID; remove the files it wrote (/etc/slurm/*.conf, a munge key that it or
+# installing munge made), putting back the files that were there before; remove the folders it
+# created if empty. Daemons, files and packages that were there before it are left alone.
 set -uo pipefail
 
 RUNDIR=${SLURM_RUNDIR:-/tmp/duvflow-slurm}
