@@ -123,6 +123,13 @@ def test_on_bad_slide_reruns_only_the_slides_whose_outcome_changes(tiny_run, tmp
     jobs = _planned(workdir, tmp_path, {**skip, "tiling": {"on_bad_slide": "fail"}}, qc)
     assert [wc["slide"] for rule, wc, _ in jobs if rule == "tile_slide"] == ["bad"]
     assert {rule for rule, _, _ in jobs} == {"tile_slide", "qc_cohort"}
+    # as a run under `fail` leaves it (no outputs of the bad slide, no cohort QC): under `skip` it
+    # alone is tiled, the readable slides are kept
+    for path in [*(workdir / "results").rglob("bad.*"), *(workdir / "results" / "qc").glob("cohort.*")]:
+        path.unlink()
+    jobs = _planned(workdir, tmp_path, skip, qc)
+    assert [wc["slide"] for rule, wc, _ in jobs if rule == "tile_slide"] == ["bad"]
+    assert {rule for rule, _, _ in jobs} == {"tile_slide", "qc_cohort"}
 
 
 def test_a_nested_setting_changes_on_the_command_line(tiny_run, tmp_path):

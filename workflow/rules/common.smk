@@ -59,7 +59,8 @@ def cfg(section):
     """A config section's result settings, for `params:` (so a changed setting reruns the rule).
 
     Its run-time-only keys (`duvflow.core.config.RUNTIME_KEYS`) are left out, so changing them
-    reruns nothing; the entry script adds them back from `snakemake.config` (`job_settings`).
+    reruns nothing, and so is `tiling.on_bad_slide` (tracked per slide: `bad_slide_policy`); the
+    entry script adds them back from `snakemake.config` (`job_settings`).
     """
     return result_settings(section, config[section])
 

@@ -71,7 +71,7 @@ def job_settings(snakemake: Any, section: str) -> dict[str, Any]:
     return {**getattr(snakemake.params, section), **untracked_settings(snakemake.config, section)}
 
 
-def typed_overrides(values: Any) -> Any:
+def typed_overrides(values: typing.Mapping[str, Any]) -> dict[str, Any]:
     """``--config`` values with the strings nested in dicts and lists read as YAML scalars.
 
     Snakemake types only top-level ``--config`` values; in ``aggregate={theta: 0.3}`` the 0.3 stays
