@@ -12,8 +12,11 @@
 #   SLURM_FAKE_GPUS  GPUs the node advertises            (default 2; 0 = none)
 #   SLURM_INSTALL    0 = never run apt-get               (default 1)
 #
-# The daemons this script starts are listed in $SLURM_RUNDIR/started (name pidfile per line);
-# the stop script stops exactly those.
+# What this script starts or writes outside $SLURM_RUNDIR is listed in $SLURM_RUNDIR/started:
+# daemons (`<name> <pidfile>`), files (`file <path> [<backup>]`: /etc/slurm/*.conf, a munge key
+# that it or installing munge made) and folders it created (`dir <path>`). The stop script stops
+# exactly those daemons, removes those files (putting back any file that was there before) and
+# the folders if empty.
 set -euo pipefail
 
 RUNDIR=${SLURM_RUNDIR:-/tmp/duvflow-slurm}
@@ -25,8 +28,24 @@ START=$SECONDS
 say() { echo "[local-slurm] $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
 alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# own PATH: PATH is about to be written (or removed) by this script; a file that was already there
+# is copied to $RUNDIR/backup first, so that the stop script can put it back
+own() {
+    local path=$1 backup=""
+    grep -q "^file $path\( \|$\)" "$RUNDIR/started" && return 0   # ours since an earlier start
+    if [[ -e $path ]]; then
+        backup="$RUNDIR/backup/${path//\//_}"
+        cp -a "$path" "$backup"
+    fi
+    echo "file $path $backup" >> "$RUNDIR/started"
+}
+own_dir() { [[ -d $1 ]] || { mkdir -p "$1"; echo "dir $1" >> "$RUNDIR/started"; }; }
 
 [[ $(id -u) == 0 ]] || die "must run as root (daemons, /etc/slurm, munge key)"
+
+mkdir -p "$RUNDIR"/{state,spool,log,dev,backup}
+chmod 755 "$RUNDIR"
+touch "$RUNDIR/started"
 
 # --- packages ------------------------------------------------------------------------------
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v sbatch >/dev/null \
@@ -34,15 +53,13 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
     [[ ${SLURM_INSTALL:-1} == 1 ]] || die "SLURM is not installed and SLURM_INSTALL=0"
     command -v apt-get >/dev/null || die "SLURM is not installed and apt-get is not available"
     say "installing slurmctld slurmd slurm-client munge (apt-get)"
+    # installing munge generates /etc/munge/munge.key: ours to remove again
+    [[ -e /etc/munge/munge.key ]] || own /etc/munge/munge.key
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq || die "apt-get update failed"
     apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null \
         || die "apt-get install failed"
 fi
-
-mkdir -p "$RUNDIR"/{state,spool,log,dev}
-chmod 755 "$RUNDIR"
-touch "$RUNDIR/started"
 
 # --- already up? ----------------------------------------------------------------------------
 if alive "$RUNDIR/slurmctld.pid" && alive "$RUNDIR/slurmd.pid" \
@@ -55,6 +72,7 @@ fi
 install -d -o munge -g munge -m 0755 /run/munge
 install -d -o munge -g munge -m 0700 /etc/munge /var/lib/munge /var/log/munge
 if [[ ! -s /etc/munge/munge.key ]]; then
+    own /etc/munge/munge.key
     head -c 1024 /dev/urandom > /etc/munge/munge.key
 fi
 chown munge:munge /etc/munge/munge.key
@@ -72,7 +90,9 @@ CPUS=$(nproc)
 MEM_MB=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)
 GRES=""
 [[ $FAKE_GPUS -gt 0 ]] && GRES="Gres=gpu:$FAKE_GPUS"
-mkdir -p /etc/slurm
+own_dir /etc/slurm
+own /etc/slurm/slurm.conf
+own /etc/slurm/gres.conf
 cat > /etc/slurm/slurm.conf <<EOF
 # written by duvflow tests/cluster/start-local-slurm.sh
 ClusterName=duvflowtest

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Stop the daemons start-local-slurm.sh started (listed in $SLURM_RUNDIR/started), by PID,
-# newest first; daemons that were already running before it are left alone.
+# Undo start-local-slurm.sh (what it lists in $SLURM_RUNDIR/started), newest first: stop the
+# daemons it started, by PID; remove the files it wrote (/etc/slurm/*.conf, a munge key that it or
+# installing munge made), putting back the files that were there before; remove the folders it
+# created if empty. Daemons, files and packages that were there before it are left alone.
 set -uo pipefail
 
 RUNDIR=${SLURM_RUNDIR:-/tmp/duvflow-slurm}
@@ -14,8 +16,20 @@ if grep -q '^slurmctld ' "$LIST"; then
     scancel --quiet --user="$(id -un)" 2>/dev/null || true
 fi
 
-tac "$LIST" | while read -r name pidfile; do
+tac "$LIST" | while read -r name pidfile backup; do
     [[ -n $name ]] || continue
+    if [[ $name == file ]]; then
+        if [[ -n ${backup:-} && -e $backup ]]; then
+            mv -f "$backup" "$pidfile" && say "restored $pidfile"
+        elif [[ -e $pidfile ]]; then
+            rm -f "$pidfile" && say "removed $pidfile"
+        fi
+        continue
+    fi
+    if [[ $name == dir ]]; then
+        rmdir "$pidfile" 2>/dev/null && say "removed $pidfile"
+        continue
+    fi
     if [[ ! -f $pidfile ]]; then
         say "$name: no pid file $pidfile"
         continue

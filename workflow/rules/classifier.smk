@@ -11,7 +11,7 @@ rule train_classifier:
         metrics=report(
             out("classifier", "{arm}", "fold_{fold}", "metrics.csv"),
             caption="../report/classifier_training.rst",
-            category="5. Classification",
+            category="4. Classification",
             subcategory="Training",
             labels={"arm": "{arm}", "fold": "{fold}", "table": "training per epoch"},
         ),
@@ -109,6 +109,5 @@ rule predict_new_slides:
         gpu=gpus("predict_tiles"),
     params:
         model_dir=lambda wc, input: os.path.dirname(input.model),
-        batch_size=config["classifier"]["eval_batch_size"],
     script:
         "../scripts/predict_new_slides.py"

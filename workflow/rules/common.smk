@@ -1,5 +1,6 @@
 # Shared by the other .smk files - config and sample-sheet validation, paths, resources, input
 # functions. Nothing here imports torch.
+import json
 import os
 import re
 import sys
@@ -16,11 +17,15 @@ os.environ.update(
 
 from duvflow.baselines.config import BASELINE_ARMS
 from duvflow.core.pretrained import check_pretrained
+from duvflow.core.config import result_settings, typed_overrides
 from duvflow.core.sheet import SampleSheetError, read_sheet, validate_sheet
 from duvflow.core.splits import check_class_counts
 from duvflow.core.validation import ConfigError, check_config
 from duvflow.demo.cohort import cohort_plan
+from snakemake.utils import update_config
 
+# `--config aggregate='{theta: 0.3}'` changes one nested setting: Snakemake leaves the 0.3 a string
+update_config(config, typed_overrides(workflow.config_settings.config))
 # short messages naming each bad key first; then snakemake's validate fills in the defaults
 try:
     check_config(
@@ -74,8 +79,13 @@ ARMS = list(config["arms"])
 
 
 def cfg(section):
-    """A config section, for `params:` (so a changed setting reruns the rule)."""
-    return config[section]
+    """A config section's result settings, for `params:` (so a changed setting reruns the rule).
+
+    Its run-time-only keys (`duvflow.core.config.RUNTIME_KEYS`) are left out, so changing them
+    reruns nothing, and so is `tiling.on_bad_slide` (tracked per slide: `bad_slide_policy`); the
+    entry script adds them back from `snakemake.config` (`job_settings`).
+    """
+    return result_settings(section, config[section])
 
 
 def res(rule_name, key):
@@ -114,6 +124,23 @@ def get_patients():
     if "patient_id" not in samples.columns:
         return None
     return dict(zip(samples["slide_id"], samples["patient_id"]))
+
+
+def bad_slide_policy(wildcards):
+    """`tiling.on_bad_slide` as a tracked param of the slides whose outcome it changes, else None.
+
+    Only an unreadable slide depends on the policy. Under `fail` its job fails and leaves nothing,
+    so switching to `skip` runs it anyway (missing outputs). A slide recorded as skipped must fail
+    once the policy is `fail`: for it alone the param changes. Readable slides never rerun.
+    """
+    if config["tiling"]["on_bad_slide"] != "fail":
+        return None
+    try:
+        with open(out("tiles", f"{wildcards.slide}.json")) as f:
+            skipped = json.load(f).get("status") == "skipped"
+    except (OSError, ValueError):
+        return None
+    return "fail" if skipped else None
 
 
 # --- classifier, aggregation, evaluation ---------------------------------------------------------

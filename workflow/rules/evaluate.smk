@@ -44,7 +44,7 @@ rule evaluate_arm:
         table=report(
             out("evaluation", "{arm}", "metrics.csv"),
             caption="../report/evaluation_metrics.rst",
-            category="5. Classification",
+            category="4. Classification",
             subcategory="Metrics per arm",
             labels={"arm": "{arm}", "figure": "metrics table"},
         ),
@@ -52,7 +52,7 @@ rule evaluate_arm:
         roc=report(
             out("evaluation", "{arm}", "roc.png"),
             caption="../report/evaluation_roc.rst",
-            category="5. Classification",
+            category="4. Classification",
             subcategory="ROC curves",
             labels={"arm": "{arm}", "figure": "ROC"},
         ),
@@ -80,7 +80,7 @@ rule sweep_theta:
         plot=report(
             out("evaluation", "{arm}", "sweep.png"),
             caption="../report/sweep_theta.rst",
-            category="5. Classification",
+            category="4. Classification",
             subcategory="Threshold sweep",
             labels={"arm": "{arm}", "figure": "theta sweep"},
         ),
@@ -108,14 +108,19 @@ rule compare_arms:
         table=report(
             out("comparison", "arms.csv"),
             caption="../report/compare_arms.rst",
-            category="6. Results",
+            category="5. Results",
             labels={"figure": "results table"},
         ),
-        markdown=out("comparison", "arms.md"),
+        markdown=report(
+            out("comparison", "arms.md"),
+            caption="../report/compare_arms.rst",
+            category="5. Results",
+            labels={"figure": "results table (Markdown)"},
+        ),
         roc=report(
             out("comparison", "roc.png"),
             caption="../report/compare_roc.rst",
-            category="6. Results",
+            category="5. Results",
             labels={"figure": "ROC of the arms"},
         ),
     log:

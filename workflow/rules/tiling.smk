@@ -28,6 +28,8 @@ rule tile_slide:
     params:
         tiling=cfg("tiling"),
         label=get_slide_label,
+        # tiling.on_bad_slide, tracked only for the slides whose outcome it changes
+        bad_slide=bad_slide_policy,
     script:
         "../scripts/tile_slide.py"
 

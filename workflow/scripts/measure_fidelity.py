@@ -2,6 +2,7 @@
 # ruff: noqa: F821
 import duvflow_checkout  # noqa: F401 (this checkout's src/ first on sys.path, also in conda jobs)
 
+from duvflow.core.config import job_settings
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -15,5 +16,5 @@ with gpu_job(snakemake.resources):
         condition=snakemake.wildcards.cond, teacher=snakemake.input.teacher,
         teacher_config=snakemake.input.teacher_config, output=snakemake.output.report,
         neighbours=snakemake.output.neighbours,
-        fidelity=snakemake.params.fidelity, seed=snakemake.params.seed, threads=snakemake.threads,
+        fidelity=job_settings(snakemake, "fidelity"), seed=snakemake.params.seed, threads=snakemake.threads,
     )

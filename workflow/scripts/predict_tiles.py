@@ -2,6 +2,7 @@
 # ruff: noqa: F821
 import duvflow_checkout  # noqa: F401 (this checkout's src/ first on sys.path, also in conda jobs)
 
+from duvflow.core.config import job_settings
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -12,5 +13,5 @@ with gpu_job(snakemake.resources):
     predict_tiles(
         model_dir=snakemake.params.model_dir, tables=snakemake.input.tables, stores=snakemake.input.stores,
         statuses=snakemake.input.statuses, splits=snakemake.input.splits, fold=snakemake.wildcards.fold,
-        output=snakemake.output.patches, classifier=snakemake.params.classifier, threads=snakemake.threads,
+        output=snakemake.output.patches, classifier=job_settings(snakemake, "classifier"), threads=snakemake.threads,
     )

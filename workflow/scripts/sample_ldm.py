@@ -2,6 +2,7 @@
 # ruff: noqa: F821
 import duvflow_checkout  # noqa: F401 (this checkout's src/ first on sys.path, also in conda jobs)
 
+from duvflow.core.config import job_settings
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -12,6 +13,6 @@ with gpu_job(snakemake.resources):
     sample_synthetic(
         model=snakemake.input.model, vae=snakemake.input.vae, latents=snakemake.input.latents,
         embeddings=snakemake.input.get("embeddings"), output=snakemake.output.synthetic,
-        condition=snakemake.wildcards.cond, fold=snakemake.wildcards.fold, sampling=snakemake.params.sampling,
+        condition=snakemake.wildcards.cond, fold=snakemake.wildcards.fold, sampling=job_settings(snakemake, "sampling"),
         seed=snakemake.params.seed, guidance=snakemake.wildcards.get("guidance"), threads=snakemake.threads,
     )

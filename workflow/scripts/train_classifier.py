@@ -2,6 +2,7 @@
 # ruff: noqa: F821
 import duvflow_checkout  # noqa: F401 (this checkout's src/ first on sys.path, also in conda jobs)
 
+from duvflow.core.config import job_settings
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -15,6 +16,6 @@ with gpu_job(snakemake.resources) as job:  # gpu > 1: one data-parallel process 
         splits=snakemake.input.splits, synthetic=snakemake.input.get("synthetic"), fold=snakemake.wildcards.fold,
         arm=snakemake.wildcards.arm, model_output=snakemake.output.model, meta_output=snakemake.output.meta,
         metrics_output=snakemake.output.metrics, checkpoint_dir=snakemake.params.checkpoint_dir,
-        classifier=snakemake.params.classifier, tiling=snakemake.params.tiling, seed=snakemake.params.seed,
+        classifier=job_settings(snakemake, "classifier"), tiling=job_settings(snakemake, "tiling"), seed=snakemake.params.seed,
         threads=snakemake.threads, teacher=snakemake.input.get("teacher"),
     )

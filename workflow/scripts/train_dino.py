@@ -2,6 +2,7 @@
 # ruff: noqa: F821
 import duvflow_checkout  # noqa: F401 (this checkout's src/ first on sys.path, also in conda jobs)
 
+from duvflow.core.config import job_settings
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -14,6 +15,6 @@ with gpu_job(snakemake.resources) as job:  # gpu > 1: one data-parallel process 
         tables=snakemake.input.tables, stores=snakemake.input.stores, statuses=snakemake.input.statuses,
         splits=snakemake.input.splits, fold=snakemake.wildcards.fold, teacher=snakemake.output.teacher,
         teacher_config=snakemake.output.teacher_config, metrics=snakemake.output.metrics,
-        plot=snakemake.output.plot, dino=snakemake.params.dino, seed=snakemake.params.seed,
+        plot=snakemake.output.plot, dino=job_settings(snakemake, "dino"), seed=snakemake.params.seed,
         checkpoint_dir=snakemake.params.checkpoint_dir, threads=snakemake.threads,
     )

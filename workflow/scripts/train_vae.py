@@ -2,6 +2,7 @@
 # ruff: noqa: F821
 import duvflow_checkout  # noqa: F401 (this checkout's src/ first on sys.path, also in conda jobs)
 
+from duvflow.core.config import job_settings
 from duvflow.core.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -13,6 +14,6 @@ with gpu_job(snakemake.resources) as job:  # gpu > 1: one data-parallel process 
         train_vae,
         tables=snakemake.input.tables, stores=snakemake.input.stores, statuses=snakemake.input.statuses,
         splits=snakemake.input.splits, fold=snakemake.wildcards.fold, output=snakemake.output.vae,
-        checkpoint_dir=snakemake.params.checkpoint_dir, vae=snakemake.params.vae, seed=snakemake.params.seed,
+        checkpoint_dir=snakemake.params.checkpoint_dir, vae=job_settings(snakemake, "vae"), seed=snakemake.params.seed,
         threads=snakemake.threads,
     )
