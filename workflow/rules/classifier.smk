@@ -11,7 +11,7 @@ rule train_classifier:
         metrics=report(
             out("classifier", "{arm}", "fold_{fold}", "metrics.csv"),
             caption="../report/classifier_training.rst",
-            category="4. Classification",
+            category="5. Classification",
             subcategory="Training",
             labels={"arm": "{arm}", "fold": "{fold}", "table": "training per epoch"},
         ),

@@ -44,7 +44,7 @@ rule evaluate_arm:
         table=report(
             out("evaluation", "{arm}", "metrics.csv"),
             caption="../report/evaluation_metrics.rst",
-            category="4. Classification",
+            category="5. Classification",
             subcategory="Metrics per arm",
             labels={"arm": "{arm}", "figure": "metrics table"},
         ),
@@ -52,7 +52,7 @@ rule evaluate_arm:
         roc=report(
             out("evaluation", "{arm}", "roc.png"),
             caption="../report/evaluation_roc.rst",
-            category="4. Classification",
+            category="5. Classification",
             subcategory="ROC curves",
             labels={"arm": "{arm}", "figure": "ROC"},
         ),
@@ -80,7 +80,7 @@ rule sweep_theta:
         plot=report(
             out("evaluation", "{arm}", "sweep.png"),
             caption="../report/sweep_theta.rst",
-            category="4. Classification",
+            category="5. Classification",
             subcategory="Threshold sweep",
             labels={"arm": "{arm}", "figure": "theta sweep"},
         ),
@@ -108,19 +108,19 @@ rule compare_arms:
         table=report(
             out("comparison", "arms.csv"),
             caption="../report/compare_arms.rst",
-            category="5. Results",
+            category="6. Results",
             labels={"figure": "results table"},
         ),
         markdown=report(
             out("comparison", "arms.md"),
             caption="../report/compare_arms.rst",
-            category="5. Results",
+            category="6. Results",
             labels={"figure": "results table (Markdown)"},
         ),
         roc=report(
             out("comparison", "roc.png"),
             caption="../report/compare_roc.rst",
-            category="5. Results",
+            category="6. Results",
             labels={"figure": "ROC of the arms"},
         ),
     log:
@@ -147,7 +147,7 @@ rule flag_failures:
         flags=report(
             out("comparison", "flags.csv"),
             caption="../report/flag_failures.rst",
-            category="0. Summary",
+            category="1. Summary",
             labels={"table": "failure flags"},
         ),
     log:
@@ -184,7 +184,7 @@ rule compare_paired:
         summary_html=report(
             out("comparison", "summary.html"),
             caption="../report/summary.rst",
-            category="0. Summary",
+            category="1. Summary",
             labels={"table": "results at a glance"},
         ),
     log:

@@ -219,7 +219,7 @@ rule plot_samples:
         figure=report(
             out("fid", "samples", "fold_{fold}.png"),
             caption="../report/plot_samples.rst",
-            category="3. Latent diffusion",
+            category="4. Latent diffusion",
             subcategory="Samples",
             labels={"fold": "{fold}"},
         ),
@@ -250,7 +250,7 @@ rule summarise_fidelity:
         table=report(
             out("fid", "summary.csv"),
             caption="../report/summarise_fidelity.rst",
-            category="3. Latent diffusion",
+            category="4. Latent diffusion",
             labels={"table": "fidelity per arm and fold"},
         ),
         markdown=out("fid", "summary.md"),

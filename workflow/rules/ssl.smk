@@ -36,7 +36,7 @@ rule train_dino:
         plot=report(
             out("dino", "fold_{fold}", "metrics.png"),
             caption="../report/dino_metrics.rst",
-            category="2. Self-supervised features",
+            category="3. Self-supervised features",
             subcategory="DINO training",
             labels={"fold": "{fold}"},
         ),
@@ -119,7 +119,7 @@ rule probe_embeddings:
         plot=report(
             out("probe", "fold_{fold}", "projection.png"),
             caption="../report/probe_projection.rst",
-            category="2. Self-supervised features",
+            category="3. Self-supervised features",
             subcategory="Embedding projections",
             labels={"fold": "{fold}"},
         ),
@@ -145,12 +145,12 @@ rule summarise_probes:
         table=report(
             out("probe", "summary.tsv"),
             caption="../report/probe_summary.rst",
-            category="2. Self-supervised features",
+            category="3. Self-supervised features",
         ),
         plot=report(
             out("probe", "summary.png"),
             caption="../report/probe_summary.rst",
-            category="2. Self-supervised features",
+            category="3. Self-supervised features",
         ),
     log:
         out("logs", "summarise_probes", "all.log"),

@@ -11,7 +11,7 @@ rule tile_slide:
         thumbnail=report(
             out("qc", "thumbnails", "{slide}.png"),
             caption="../report/qc_thumbnail.rst",
-            category="1. Tiling QC",
+            category="2. Tiling QC",
             subcategory="Thumbnails",
             labels={"slide": "{slide}"},
         ),
@@ -41,12 +41,12 @@ rule qc_cohort:
         table=report(
             out("qc", "cohort.tsv"),
             caption="../report/qc_table.rst",
-            category="1. Tiling QC",
+            category="2. Tiling QC",
         ),
         plot=report(
             out("qc", "cohort.png"),
             caption="../report/qc_plot.rst",
-            category="1. Tiling QC",
+            category="2. Tiling QC",
         ),
     log:
         out("logs", "qc_cohort", "all.log"),

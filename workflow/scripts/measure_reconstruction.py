@@ -1,5 +1,7 @@
 """Rule measure_reconstruction: rFID, PSNR and SSIM of the fold's VAE on held-back patches (the generative floor)."""
 # ruff: noqa: F821
+import duvflow_checkout  # noqa: F401 (this checkout's src/ first on sys.path, also in conda jobs)
+
 from duvflow.core.config import job_settings
 from duvflow.core.runtime import setup_logging
 

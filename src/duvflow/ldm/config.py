@@ -115,6 +115,7 @@ class SamplingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class FidelityConfig:
+    unconditional: bool = True  # chooses jobs (the guidance-0 sets), read by the rules only
     inception_weights: str | None = None
     inception_size: int = 299
     max_real: int = 10000
