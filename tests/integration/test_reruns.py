@@ -22,7 +22,7 @@ from duvflow.core.config import RUNTIME_KEYS
 pytestmark = pytest.mark.slow
 
 # rules that only turn patch predictions into slide calls, metrics, tables and the exported model
-AGGREGATION = {"aggregate_slides", "evaluate_arm", "sweep_theta", "compare_arms", "export_model",
+AGGREGATION = {"aggregate_slides", "evaluate_arm", "sweep_theta", "compare_arms", "compare_paired", "export_model",
                "predict_new_slides", "all"}
 # everything before sampling: slides, tiles, splits, DINO and its embeddings/probes, VAE, LDM
 BEFORE_SAMPLING = {"make_demo_slide", "write_demo_sheet", "tile_slide", "qc_cohort", "make_splits", "train_dino",
@@ -107,9 +107,9 @@ def test_on_bad_slide_reruns_only_the_slides_whose_outcome_changes(tiny_run, tmp
     # every slide of the tiny run is readable: `skip` changes no slide's outcome
     assert _planned(tiny_run, tmp_path, {"tiling": {"on_bad_slide": "skip"}}) == []
 
-    # two readable slides and an unreadable one, recorded as skipped
+    # the readable slides and an unreadable one, recorded as skipped
     (tmp_path / "bad.tiff").write_bytes(b"not a slide")
-    sheet = pd.concat([_own_sheet(tiny_run, slides=2),
+    sheet = pd.concat([_own_sheet(tiny_run, slides=4),  # n_folds 2 needs two readable slides per class
                        pd.DataFrame({"slide_id": ["bad"], "label": ["benign"], "path": [str(tmp_path / "bad.tiff")]})])
     sheet.to_csv(tmp_path / "slides.csv", index=False)
     workdir = tmp_path / "run"

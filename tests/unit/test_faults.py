@@ -448,6 +448,9 @@ def test_snakemake_arms_real_alone_runs(tmp_path, deploy):
     """The README's `arms: [real]` on the paper config: the deploy arm follows it (or is unused)."""
     rc, out = _dry_run(tmp_path, ROOT / "config" / "config.yaml",
                        _overlay(tmp_path, f"arms: [real]\ndeploy: {deploy}\ndemo:\n  enabled: true\n  n_slides: 4\n"
-                                          "splits:\n  n_folds: 2\n"))
+                                          "splits:\n  n_folds: 2\n"
+                                          # offline here: no published weights (their check has its own test)
+                                          "classifier:\n  init: random\ndino:\n  init: random\n"
+                                          "vae:\n  pretrained: null\n"))
     assert rc == 0, out[-3000:]
     assert "train_classifier" in out and "train_ldm" not in out
