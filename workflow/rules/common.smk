@@ -261,6 +261,21 @@ def fidelity_params():
     return {k: v for k, v in cfg("fidelity").items() if k != "unconditional"}
 
 
+def fidelity_inputs(synthetic):
+    """Inputs of a fidelity job: the synthetic folder (a path pattern), the fold's real patches and teacher."""
+
+    def inputs(wildcards):
+        return {
+            **get_tile_tables(),
+            "splits": out("splits.csv"),
+            "synthetic": synthetic.format(**wildcards),
+            "teacher": out("dino", f"fold_{wildcards.fold}", "teacher.safetensors"),
+            "teacher_config": out("dino", f"fold_{wildcards.fold}", "teacher.json"),
+        }
+
+    return inputs
+
+
 def get_guidance_sweep_reports(wildcards=None):
     """Fidelity reports of the guidance sweep (the classifier arms' sets are not among them)."""
     return expand(

@@ -119,11 +119,7 @@ use rule sample_ldm as sample_ldm_guidance with:
 
 rule measure_fidelity:
     input:
-        unpack(get_tile_tables),
-        splits=out("splits.csv"),
-        synthetic=out("synthetic", "{cond}", "fold_{fold}"),
-        teacher=out("dino", "fold_{fold}", "teacher.safetensors"),
-        teacher_config=out("dino", "fold_{fold}", "teacher.json"),
+        unpack(fidelity_inputs(out("synthetic", "{cond}", "fold_{fold}"))),
     output:
         report=out("fid", "{cond}", "fold_{fold}.json"),
         neighbours=report(
@@ -153,11 +149,11 @@ rule measure_fidelity:
 
 use rule measure_fidelity as measure_fidelity_guidance with:
     input:
-        unpack(get_tile_tables),
-        splits=out("splits.csv"),
-        synthetic=out("synthetic_guidance", "{cond}", "g{guidance}", "fold_{fold}"),
-        teacher=out("dino", "fold_{fold}", "teacher.safetensors"),
-        teacher_config=out("dino", "fold_{fold}", "teacher.json"),
+        unpack(
+            fidelity_inputs(
+                out("synthetic_guidance", "{cond}", "g{guidance}", "fold_{fold}")
+            )
+        ),
     output:
         report=out("fid", "{cond}", "g{guidance}", "fold_{fold}.json"),
         neighbours=report(
