@@ -123,6 +123,17 @@ def test_cohort_plan():
     assert (small["pattern"] == "mixed").sum() == 1
 
 
+def test_cohort_plan_groups_slides_into_patients_with_both_labels():
+    plan = cohort_plan(12, 7, slides_per_patient=3)
+    pd.testing.assert_frame_equal(plan.drop(columns="patient_id"), cohort_plan(12, 7))  # same slides
+    sizes = plan.groupby("patient_id").size()
+    assert len(sizes) == 4 and (sizes == 3).all()
+    assert (plan.groupby("patient_id")["label"].nunique() == 2).all()  # benign and malignant in turn
+    odd = cohort_plan(5, 1, slides_per_patient=2)
+    assert sorted(odd.groupby("patient_id").size()) == [1, 2, 2]
+    assert "patient_id" not in cohort_plan(4, 3, slides_per_patient=1)
+
+
 def test_demo_config_rejects_unknown_keys():
     assert DemoConfig.from_dict({"n_slides": 4, "seed": 1}).n_slides == 4
     with pytest.raises(ValueError, match="unknown demo setting"):
@@ -202,6 +213,9 @@ def test_write_sheet_round_trip(tmp_path):
         assert path == str((tmp_path / "demo" / "slides" / f"{sid}.tiff").resolve())
     with pytest.raises(ValueError, match="missing"):
         write_sheet(tmp_path / "other.csv", slides=slides[:3], demo=demo)
+    paired = write_sheet(tmp_path / "demo" / "patients.csv", slides=slides, demo={**demo, "slides_per_patient": 2})
+    assert list(paired.columns) == ["slide_id", "path", "label", "pattern", "patient_id"]
+    assert paired["patient_id"].tolist() == cohort_plan(4, 3, 2)["patient_id"].tolist()
 
 
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data")

@@ -49,7 +49,11 @@ def out(*parts):
 def load_samples():
     if config["demo"]["enabled"]:
         # The demo slides are outputs of `make_demo_slide`; their ids and labels are known now.
-        plan = cohort_plan(config["demo"]["n_slides"], config["demo"]["seed"])
+        plan = cohort_plan(
+            config["demo"]["n_slides"],
+            config["demo"]["seed"],
+            config["demo"]["slides_per_patient"],
+        )
         plan["path"] = [
             os.path.abspath(out("demo", "slides", f"{s}.tiff"))
             for s in plan["slide_id"]

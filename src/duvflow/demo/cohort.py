@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -64,6 +65,7 @@ class DemoConfig:
     height: int = 6144
     mpp: float = 0.5
     seed: int = 7
+    slides_per_patient: int = 1
 
     @classmethod
     def from_dict(cls, d: dict | None) -> DemoConfig:
@@ -74,18 +76,23 @@ class DemoConfig:
             raise ValueError(f"demo slides must be at least 256x256 pixels, got {cfg.width}x{cfg.height}")
         if not cfg.mpp > 0:
             raise ValueError(f"demo.mpp must be positive, got {cfg.mpp}")
+        if cfg.slides_per_patient < 1:
+            raise ValueError(f"demo.slides_per_patient must be at least 1, got {cfg.slides_per_patient}")
         return cfg
 
 
 # --------------------------------------------------------------------------------------- cohort
 
 
-def cohort_plan(n_slides: int, seed: int) -> pd.DataFrame:
+def cohort_plan(n_slides: int, seed: int, slides_per_patient: int = 1) -> pd.DataFrame:
     """Slide ids, labels and tissue patterns of the demo cohort (cheap: no images).
 
     Half the slides are benign (the extra one of an odd count is malignant); about a third of the
     malignant ones are ``mixed`` (a malignant focus in benign tissue). Ids are ``demo01``.. and say
-    nothing about the label; the label order is shuffled by ``seed``.
+    nothing about the label; the label order is shuffled by ``seed``. With ``slides_per_patient``
+    > 1 a ``patient_id`` column groups the slides into patients of that many slides (the last may
+    have fewer), taking benign and malignant slides in turn, so a patient can have both, as a
+    patient with a benign and a malignant biopsy does.
     """
     if n_slides < 2:
         raise ValueError(f"the demo cohort needs at least 2 slides, got {n_slides}")
@@ -98,11 +105,24 @@ def cohort_plan(n_slides: int, seed: int) -> pd.DataFrame:
     patterns = patterns[rng.permutation(n_slides)]
     width = max(2, len(str(n_slides)))
     ids = [f"demo{i + 1:0{width}d}" for i in range(n_slides)]
-    return pd.DataFrame({
+    plan = pd.DataFrame({
         "slide_id": ids,
         "label": [_LABEL_OF[p] for p in patterns],
         "pattern": list(patterns),
     })
+    if slides_per_patient > 1:
+        plan["patient_id"] = _demo_patients(plan["label"], slides_per_patient)
+    return plan
+
+
+def _demo_patients(labels: pd.Series, size: int) -> list[str]:
+    """Patient ids: slides in turns of benign and malignant (each in id order), cut into groups of ``size``."""
+    by_label = [list(labels.index[labels == lab]) for lab in ("benign", "malignant")]
+    order = [i for pair in itertools.zip_longest(*by_label) for i in pair if i is not None]
+    n_patients = -(-len(order) // size)
+    width = max(2, len(str(n_patients)))
+    patient = {row: f"patient{k // size + 1:0{width}d}" for k, row in enumerate(order)}
+    return [patient[i] for i in labels.index]
 
 
 def slide_seed(seed: int, slide_id: str) -> int:
@@ -123,13 +143,14 @@ def make_demo_slide(slide: str | os.PathLike, *, demo: dict, slide_id: str, labe
 
 
 def write_sheet(sheet: str | os.PathLike, *, slides: Sequence[str | os.PathLike], demo: dict) -> pd.DataFrame:
-    """Write the demo cohort's sample sheet ``slide_id, path, label, pattern`` atomically.
+    """Write the demo cohort's sample sheet ``slide_id, path, label, pattern`` (and ``patient_id``
+    with ``demo.slides_per_patient`` > 1) atomically.
 
     ``slides`` are the generated files (named ``<slide_id>.tiff``); paths in the sheet are relative
     to the sheet's folder, so the results folder can be moved. ``pattern`` is informational only.
     """
     cfg = DemoConfig.from_dict(demo)
-    plan = cohort_plan(cfg.n_slides, cfg.seed).set_index("slide_id", drop=False)
+    plan = cohort_plan(cfg.n_slides, cfg.seed, cfg.slides_per_patient).set_index("slide_id", drop=False)
     by_id = {Path(p).stem: Path(p) for p in slides}
     missing = sorted(set(plan.index) - set(by_id))
     extra = sorted(set(by_id) - set(plan.index))
@@ -142,9 +163,10 @@ def write_sheet(sheet: str | os.PathLike, *, slides: Sequence[str | os.PathLike]
         path = by_id[sid].resolve()
         if not path.is_file():
             raise FileNotFoundError(f"demo slide {path} does not exist")
-        rows.append({"slide_id": sid, "path": os.path.relpath(path, base), "label": plan.at[sid, "label"],
-                     "pattern": plan.at[sid, "pattern"]})
-    df = pd.DataFrame(rows, columns=["slide_id", "path", "label", "pattern"])
+        rows.append({"slide_id": sid, "path": os.path.relpath(path, base),
+                     **plan.loc[sid].drop(["slide_id"]).to_dict()})
+    columns = ["slide_id", "path", "label", "pattern"] + (["patient_id"] if "patient_id" in plan else [])
+    df = pd.DataFrame(rows, columns=columns)
     write_csv(df, sheet)
     _log.info("wrote demo sheet %s (%d slides: %s)", sheet, len(df), df["label"].value_counts().to_dict())
     return df
