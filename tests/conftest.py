@@ -8,12 +8,36 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from duvflow.demo.cohort import render_slide, write_pyramid_tiff
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quick_slurm_probe(tmp_path_factory):
+    """Snakemake imports every installed executor plugin at start, and the SLURM plugin then runs
+    ``scontrol show config`` (10 s time-out) to choose a default: on a machine with a SLURM client
+    but no reachable controller (this one between SLURM tests) every Snakemake start waits ~9 s for
+    it. The tests' local runs find a ``scontrol`` first on PATH that fails ``show config`` at once
+    (the plugin then keeps its defaults, as it does without SLURM) and runs the real one for
+    anything else; the SLURM test runs with the real PATH (``DUVFLOW_TEST_REAL_PATH``)."""
+    real = shutil.which("scontrol")
+    if real is None:
+        yield
+        return
+    shim = tmp_path_factory.mktemp("scontrol-shim") / "scontrol"
+    shim.write_text(f'#!/bin/sh\n[ "$1 $2" = "show config" ] && exit 1\nexec {real} "$@"\n')
+    shim.chmod(0o755)
+    patch = pytest.MonkeyPatch()
+    patch.setenv("DUVFLOW_TEST_REAL_PATH", os.environ["PATH"])
+    patch.setenv("PATH", f"{shim.parent}{os.pathsep}{os.environ['PATH']}")
+    yield
+    patch.undo()
 
 
 @functools.lru_cache(maxsize=16)

@@ -52,7 +52,7 @@ def slurm_cluster(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     env = dict(os.environ, SLURM_RUNDIR=str(tmp_path_factory.mktemp("slurm-run")), SLURM_FAKE_GPUS="2",
-               SLURM_PARTITION="debug")
+               SLURM_PARTITION="debug", PATH=os.environ.get("DUVFLOW_TEST_REAL_PATH", os.environ["PATH"]))
     stop = [str(CLUSTER / "stop-local-slurm.sh")]
     limit = scaled_timeout(600)  # apt-get may install the packages first
     try:
@@ -73,8 +73,8 @@ def slurm_cluster(tmp_path_factory):
 
 
 def _scontrol(job_id: str) -> dict[str, str]:
-    text = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True,
-                          check=True).stdout
+    text = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=True,
+                          env=dict(os.environ, PATH=os.environ.get("DUVFLOW_TEST_REAL_PATH", os.environ["PATH"]))).stdout
     return dict(m.groups() for m in re.finditer(r"(\w+)=(\S*)", text))
 
 
