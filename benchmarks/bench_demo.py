@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -166,6 +168,24 @@ def report_run(table: pd.DataFrame, title: str) -> None:
           f"(median {startup.median():.1f} s per job); imports alone {imports / 60:.1f} CPU min")
 
 
+def startup_costs() -> tuple[float, float]:
+    """Wall seconds of importing Snakemake's API in a fresh interpreter (what every Snakemake command
+    pays first), and of the SLURM executor plugin's ``scontrol show config`` probe inside it (NaN
+    without ``scontrol``: the plugin then skips it). On a machine with a SLURM client but no
+    reachable controller the probe waits for its time-out at every start."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import snakemake.api"], check=True, capture_output=True)
+    imports = time.perf_counter() - start
+    if not shutil.which("scontrol"):
+        return imports, float("nan")
+    start = time.perf_counter()
+    try:
+        subprocess.run(["scontrol", "show", "config"], check=False, capture_output=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    return imports, time.perf_counter() - start
+
+
 def theta_change(workdir: Path, configfile: Path, cores: int, theta) -> None:
     import yaml
 
@@ -188,6 +208,12 @@ def theta_change(workdir: Path, configfile: Path, cores: int, theta) -> None:
               f"per-job start-up (to the first log line) mean {ran['startup_s'].mean():.2f} s, "
               f"max {ran['startup_s'].max():.2f} s")
         report_run(ran, "theta rerun per rule")
+    imports, probe = startup_costs()
+    print(f"every Snakemake command first imports its API: {imports:.1f} s wall here"
+          + (f", of it {probe:.1f} s for the SLURM plugin's `scontrol show config` probe (a SLURM client "
+             f"without a reachable controller waits for the time-out; without scontrol, or with a controller, "
+             f"it is instant): the rerun without it would take about {wall - probe:.1f} s"
+             if not math.isnan(probe) else " (no scontrol: no SLURM probe)"))
 
 
 def main() -> None:
