@@ -37,7 +37,7 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-AGGREGATION_SIDE = {"aggregate_slides", "evaluate_arm", "sweep_theta", "compare_arms", "export_model",
+AGGREGATION_SIDE = {"aggregate_slides", "evaluate_arm", "compare_arms", "compare_paired", "flag_failures", "export_model",
                     "predict_new_slides", "all"}
 DEMO_TARGET_MIN, THETA_TARGET_S = 10, 10
 # the timestamp setup_logging puts in front of every log line (local time, milliseconds)

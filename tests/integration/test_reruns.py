@@ -22,12 +22,12 @@ from duvflow.core.config import RUNTIME_KEYS
 pytestmark = pytest.mark.slow
 
 # rules that only turn patch predictions into slide calls, metrics, tables and the exported model
-AGGREGATION = {"aggregate_slides", "evaluate_arm", "sweep_theta", "compare_arms", "compare_paired", "export_model",
+AGGREGATION = {"aggregate_slides", "evaluate_arm", "compare_arms", "compare_paired", "export_model",
                "predict_new_slides", "all"}
 # everything before sampling: slides, tiles, splits, DINO and its embeddings/probes, VAE, LDM
 BEFORE_SAMPLING = {"make_demo_slide", "write_demo_sheet", "tile_slide", "qc_cohort", "make_splits", "train_dino",
                    "embed_patches", "embed_initial", "probe_embeddings", "summarise_probes", "train_vae",
-                   "encode_latents", "train_ldm"}
+                   "train_ldm"}
 
 
 def _overlay(tmp_path, overlay: dict) -> list[str]:
@@ -150,10 +150,10 @@ def test_changing_theta_reruns_only_aggregation(tiny_run, tmp_path):
 def test_changing_sampling_reruns_sampling_and_downstream_but_no_training_before_it(tiny_run, tmp_path, setting):
     jobs = _planned(tiny_run, tmp_path, {"sampling": setting})
     rules = {rule for rule, _, _ in jobs}
-    assert {"sample_ldm", "train_classifier", "predict_tiles", "aggregate_slides"} <= rules, sorted(rules)
+    assert {"sample_ldm", "train_classifier", "aggregate_slides"} <= rules, sorted(rules)
     assert not rules & BEFORE_SAMPLING, sorted(rules & BEFORE_SAMPLING)
     # the real-only arm uses no synthetic patches: its classifiers and predictions stay
-    assert not [wc for rule, wc, _ in jobs if rule in ("train_classifier", "predict_tiles") and wc["arm"] == "real"]
+    assert not [wc for rule, wc, _ in jobs if rule == "train_classifier" and wc["arm"] == "real"]
 
 
 def test_adding_a_slide_tiles_only_that_slide(tiny_run, tmp_path):
@@ -189,7 +189,7 @@ def test_a_theta_change_starts_one_light_job_per_arm_and_step(tiny_run, tmp_path
     arms = {wc["arm"] for rule, wc, _ in jobs if rule == "aggregate_slides"}
     counts = {rule: sum(r == rule for r, _, _ in jobs) for rule in AGGREGATION}
     assert len(arms) == len(list((tiny_run / "results" / "evaluation").iterdir())) and "fold" not in {k for rule, wc, _ in jobs for k in wc}
-    assert counts["aggregate_slides"] == counts["evaluate_arm"] == counts["sweep_theta"] == len(arms)
+    assert counts["aggregate_slides"] == counts["evaluate_arm"] == len(arms)
     assert counts["compare_arms"] == counts["export_model"] == 1
 
 

@@ -1,10 +1,10 @@
 # Baseline arms (`probe`, `handcrafted`): a logistic regression per fold on the fold's DINO-teacher
 # embeddings or on handcrafted colour/texture features, trained on the fold's training slides. Their
-# patch predictions have predict_tiles' layout, so aggregation and evaluation are those of every arm.
+# patch predictions have the classifier's layout, so aggregation and evaluation are those of every arm.
 
 
 # a baseline's patch predictions come from fit_baseline, never from a (non-existent) classifier
-ruleorder: fit_baseline > predict_tiles
+ruleorder: fit_baseline > train_classifier
 
 
 rule extract_patch_features:

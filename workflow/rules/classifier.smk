@@ -1,5 +1,7 @@
-# Classifier: one ViT per arm and fold (real patches + the arm's synthetic set), patch predictions
-# on the fold's validation and test slides, and the deployable model (fold `all`) for new slides.
+# Classifier: one ViT per arm and fold (real patches + the arm's synthetic set) and its patch
+# predictions on the fold's validation and test slides (in the same job: the trained model is in
+# memory, and a job start costs more than the predictions on a CPU), and the deployable model
+# (fold `all`) for new slides.
 
 
 rule train_classifier:
@@ -15,6 +17,7 @@ rule train_classifier:
             subcategory="Training",
             labels={"arm": "{arm}", "fold": "{fold}", "table": "training per epoch"},
         ),
+        patches=out("predictions", "{arm}", "fold_{fold}", "patches.parquet"),
     log:
         out("logs", "train_classifier", "{arm}", "fold_{fold}.log"),
     benchmark:
@@ -34,32 +37,6 @@ rule train_classifier:
         checkpoint_dir=lambda wc: out("classifier", wc.arm, f"fold_{wc.fold}.ckpt"),
     script:
         "../scripts/train_classifier.py"
-
-
-rule predict_tiles:
-    input:
-        unpack(get_tile_tables),
-        model=out("classifier", "{arm}", "fold_{fold}", "model.safetensors"),
-        meta=out("classifier", "{arm}", "fold_{fold}", "model.json"),
-        splits=out("splits.csv"),
-    output:
-        patches=out("predictions", "{arm}", "fold_{fold}", "patches.parquet"),
-    log:
-        out("logs", "predict_tiles", "{arm}", "fold_{fold}.log"),
-    benchmark:
-        out("benchmarks", "predict_tiles", "{arm}", "fold_{fold}.tsv")
-    conda:
-        "../envs/duvflow.yaml"
-    threads: res("predict_tiles", "threads")
-    resources:
-        mem_mb=res("predict_tiles", "mem_mb"),
-        runtime=res("predict_tiles", "runtime"),
-        gpu=gpus("predict_tiles"),
-    params:
-        classifier=cfg("classifier"),
-        model_dir=lambda wc, input: os.path.dirname(input.model),
-    script:
-        "../scripts/predict_tiles.py"
 
 
 rule export_model:
@@ -102,11 +79,11 @@ rule predict_new_slides:
         out("benchmarks", "predict_new_slides", "{arm}.tsv")
     conda:
         "../envs/duvflow.yaml"
-    threads: res("predict_tiles", "threads")
+    threads: res("predict_new_slides", "threads")
     resources:
-        mem_mb=res("predict_tiles", "mem_mb"),
-        runtime=res("predict_tiles", "runtime"),
-        gpu=gpus("predict_tiles"),
+        mem_mb=res("predict_new_slides", "mem_mb"),
+        runtime=res("predict_new_slides", "runtime"),
+        gpu=gpus("predict_new_slides"),
     params:
         model_dir=lambda wc, input: os.path.dirname(input.model),
     script:

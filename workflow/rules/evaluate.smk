@@ -56,6 +56,15 @@ rule evaluate_arm:
             subcategory="ROC curves",
             labels={"arm": "{arm}", "figure": "ROC"},
         ),
+        # metrics over aggregate.theta_grid (the same slide tables: one job instead of two)
+        sweep=out("evaluation", "{arm}", "sweep.csv"),
+        sweep_plot=report(
+            out("evaluation", "{arm}", "sweep.png"),
+            caption="../report/sweep_theta.rst",
+            category="5. Classification",
+            subcategory="Threshold sweep",
+            labels={"arm": "{arm}", "figure": "theta sweep"},
+        ),
     log:
         out("logs", "evaluate_arm", "{arm}.log"),
     localrule: True
@@ -67,36 +76,10 @@ rule evaluate_arm:
         runtime=10,
     params:
         evaluate=cfg("evaluate"),
+        aggregate=cfg("aggregate"),
         seed=config["seed"],
     script:
         "../scripts/evaluate_arm.py"
-
-
-rule sweep_theta:
-    input:
-        slides=get_fold_slide_tables,
-    output:
-        table=out("evaluation", "{arm}", "sweep.csv"),
-        plot=report(
-            out("evaluation", "{arm}", "sweep.png"),
-            caption="../report/sweep_theta.rst",
-            category="5. Classification",
-            subcategory="Threshold sweep",
-            labels={"arm": "{arm}", "figure": "theta sweep"},
-        ),
-    log:
-        out("logs", "sweep_theta", "{arm}.log"),
-    localrule: True
-    conda:
-        "../envs/duvflow.yaml"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    params:
-        aggregate=cfg("aggregate"),
-    script:
-        "../scripts/sweep_theta.py"
 
 
 rule compare_arms:

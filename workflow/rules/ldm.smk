@@ -1,5 +1,5 @@
 # Latent diffusion, per fold: the autoencoder (trained on the fold's training patches, or the
-# configured pretrained one), the latent cache, one LDM per conditioning ({cond}: ssl = DINO
+# configured pretrained one) and, in the same job, its latent cache, one LDM per conditioning ({cond}: ssl = DINO
 # embedding, class = label), the synthetic patch folder the classifier adds, and its fidelity.
 
 
@@ -9,6 +9,8 @@ rule train_vae:
         splits=out("splits.csv"),
     output:
         vae=directory(out("vae", "fold_{fold}")),
+        # every training patch through the frozen autoencoder, once: the LDMs' data
+        latents=out("latents", "fold_{fold}.h5"),
     log:
         out("logs", "train_vae", "fold_{fold}.log"),
     benchmark:
@@ -27,30 +29,6 @@ rule train_vae:
         checkpoint_dir=lambda wc: out("vae", f"fold_{wc.fold}.ckpt"),
     script:
         "../scripts/train_vae.py"
-
-
-rule encode_latents:
-    input:
-        unpack(get_tile_tables),
-        splits=out("splits.csv"),
-        vae=out("vae", "fold_{fold}"),
-    output:
-        latents=out("latents", "fold_{fold}.h5"),
-    log:
-        out("logs", "encode_latents", "fold_{fold}.log"),
-    benchmark:
-        out("benchmarks", "encode_latents", "fold_{fold}.tsv")
-    conda:
-        "../envs/duvflow.yaml"
-    threads: res("encode_latents", "threads")
-    resources:
-        mem_mb=res("encode_latents", "mem_mb"),
-        runtime=res("encode_latents", "runtime"),
-        gpu=gpus("encode_latents"),
-    params:
-        vae=cfg("vae"),
-    script:
-        "../scripts/encode_latents.py"
 
 
 rule train_ldm:

@@ -44,6 +44,9 @@ rule train_dino:
         out("logs", "train_dino", "fold_{fold}.log"),
     benchmark:
         out("benchmarks", "train_dino", "fold_{fold}.tsv")
+    # the SSL chain (DINO, embeddings, the ssl LDM, its classifier arm) is the longest path of the
+    # DAG: start it before jobs that have slack
+    priority: 10
     conda:
         "../envs/duvflow.yaml"
     threads: res("train_dino", "threads")
@@ -72,6 +75,7 @@ rule embed_patches:
         out("logs", "embed_patches", "fold_{fold}.log"),
     benchmark:
         out("benchmarks", "embed_patches", "fold_{fold}.tsv")
+    priority: 10  # on the longest path, as train_dino
     conda:
         "../envs/duvflow.yaml"
     threads: res("embed_patches", "threads")
