@@ -35,6 +35,7 @@ rule train_classifier:
         seed=config["seed"],
         # resumable checkpoints: undeclared, so a failed job's are kept for the rerun
         checkpoint_dir=lambda wc: out("classifier", wc.arm, f"fold_{wc.fold}.ckpt"),
+        model_dir=lambda wc, output: os.path.dirname(output.model),
     script:
         "../scripts/train_classifier.py"
 

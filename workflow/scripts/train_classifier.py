@@ -3,8 +3,6 @@ malignancy probability of every patch of the fold's validation and test slides."
 # ruff: noqa: F821
 import duvflow_checkout  # noqa: F401 (this checkout's src/ first on sys.path, also in conda jobs)
 
-import os
-
 from duvflow.core.config import job_settings
 from duvflow.core.runtime import setup_logging
 
@@ -24,7 +22,7 @@ with gpu_job(snakemake.resources) as job:  # gpu > 1: one data-parallel process 
         threads=snakemake.threads, teacher=snakemake.input.get("teacher"),
     )
     predict_tiles(
-        model_dir=os.path.dirname(snakemake.output.model), tables=snakemake.input.tables, stores=snakemake.input.stores,
+        model_dir=snakemake.params.model_dir, tables=snakemake.input.tables, stores=snakemake.input.stores,
         statuses=snakemake.input.statuses, splits=snakemake.input.splits, fold=snakemake.wildcards.fold,
         output=snakemake.output.patches, classifier=job_settings(snakemake, "classifier"), threads=snakemake.threads,
     )
