@@ -351,7 +351,7 @@ def _plot_fractions(table: pd.DataFrame, target: str | os.PathLike, *, mode: str
         ax.set(title=metric.replace("_", " ") if metric != "auc" else "ROC AUC", xlabel="synthetic fraction",
                ylim=(-0.02, 1.02), xticks=sorted(table["fraction"].unique()))
     axes[0].set_ylabel(f"pooled test slides (theta {mode})")
-    axes[-1].legend(fontsize="x-small", loc="lower right")
+    axes[0].legend(fontsize="x-small", loc="best")
     fig.suptitle(f"Slide metrics against the share of synthetic patches ({table['ci'].iloc[0]:.0%} bootstrap CIs)",
                  fontsize="medium")
     fig.tight_layout()
