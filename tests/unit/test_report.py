@@ -65,3 +65,10 @@ def test_report_categories_are_numbered_without_gaps():
     categories = set(re.findall(r'category="(\d+)\. ([^"]+)"', rules))
     numbers = sorted(int(n) for n, _ in categories)
     assert numbers == list(range(1, len(numbers) + 1)), sorted(categories)  # one name per number, no gaps
+
+
+def test_the_first_page_describes_a_single_fraction_and_a_fraction_sweep():
+    sweep = _first_page(_config(sampling={"synthetic_fraction": [0.1, 0.05]}), [])
+    assert "0.05, 0.1 of the classifier training set" in sweep and "nested subsets" in sweep
+    single = _first_page(_config(sampling={"synthetic_fraction": 0.05}), [])
+    assert "5.0% of each classifier training set" in single and "nested" not in single

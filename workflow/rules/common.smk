@@ -1,5 +1,6 @@
 # Shared by the other .smk files - config and sample-sheet validation, paths, resources, input
 # functions. Nothing here imports torch.
+import dataclasses
 import json
 import os
 import re
@@ -16,12 +17,14 @@ os.environ.update(
 )
 
 from duvflow.baselines.config import BASELINE_ARMS
+from duvflow.core.arms import arm_condition, expand_arms, fraction_values, resolve_arm
 from duvflow.core.pretrained import check_pretrained
 from duvflow.core.config import result_settings, typed_overrides
 from duvflow.core.sheet import SampleSheetError, read_sheet, validate_sheet
 from duvflow.core.splits import check_class_counts
 from duvflow.core.validation import ConfigError, check_config
 from duvflow.demo.cohort import cohort_plan
+from duvflow.ldm.config import SamplingConfig
 from snakemake.utils import update_config
 
 # `--config aggregate='{theta: 0.3}'` changes one nested setting: Snakemake leaves the 0.3 a string
@@ -78,8 +81,11 @@ except ValueError as err:
     )
     raise WorkflowError(f"{source}: {err}") from None
 SLIDES = list(samples["slide_id"])
-# classifier arms: `real`, or `real+<LDM condition>` (real patches + that condition's synthetic set)
-ARMS = list(config["arms"])
+# classifier arms: `real`, or `real+<LDM condition>` (real patches + that condition's synthetic set);
+# with `sampling.synthetic_fraction` a list, `real+<cond>@<f>` for each fraction f (duvflow.core.arms)
+ARMS = expand_arms(config["arms"], config["sampling"]["synthetic_fraction"])
+# the fractions of a sweep (None: a single number, the arms take their synthetic sets whole)
+FRACTIONS = fraction_values(config["sampling"]["synthetic_fraction"])
 
 
 def cfg(section):
@@ -150,8 +156,10 @@ def bad_slide_policy(wildcards):
 # --- classifier, aggregation, evaluation ---------------------------------------------------------
 # the deployable model is a classifier arm's (the baselines are for comparison only)
 CLASSIFIER_ARMS = [a for a in ARMS if a not in BASELINE_ARMS]
-DEPLOY_ARM = config["deploy"]["arm"] or (
-    CLASSIFIER_ARMS[-1] if CLASSIFIER_ARMS else None
+DEPLOY_ARM = (
+    resolve_arm(config["deploy"]["arm"], config["sampling"]["synthetic_fraction"])
+    if config["deploy"]["arm"]
+    else (CLASSIFIER_ARMS[-1] if CLASSIFIER_ARMS else None)
 )
 if config["deploy"]["enabled"] and DEPLOY_ARM not in CLASSIFIER_ARMS:
     raise WorkflowError(
@@ -168,11 +176,6 @@ def cv_folds():
 
 CV_FOLDS = cv_folds()
 FOLDS = CV_FOLDS + ["all"]  # every fold of splits.csv
-
-
-def arm_condition(arm):
-    """The LDM condition whose synthetic set the arm adds (`real+ssl` -> `ssl`); None for `real`."""
-    return arm.split("+", 1)[1] if "+" in arm else None
 
 
 def get_tile_tables(wildcards=None):
@@ -219,6 +222,11 @@ def get_fid_reports(arm):
     return [out("fid", cond, f"fold_{k}.json") for k in cv_folds()] if cond else []
 
 
+def get_fraction_arms(wildcards=None):
+    """`real` and the arms of the fraction sweep, whose metrics the fraction plot draws."""
+    return [a for a in ARMS if a == "real" or (FRACTIONS and arm_condition(a))]
+
+
 # --- latent diffusion (ldm.smk) -------------------------------------------------------------
 # conditionings some classifier arm uses (`real+ssl` -> ssl); the figure needs both
 LDM_CONDS = [c for c in ("class", "ssl") if any(arm_condition(a) == c for a in ARMS)]
@@ -256,8 +264,16 @@ def sweep_guidances():
 
 
 def sampling_params(guidance):
-    """The sampling section with one guidance scale (a list's other values never rerun this set)."""
-    return {**cfg("sampling"), "guidance": float(guidance)}
+    """The sampling section with one guidance scale (a list's other values never rerun this set) and,
+    for a fraction sweep, only its largest fraction (adding a smaller one never resamples).
+    """
+    params = {**cfg("sampling"), "guidance": float(guidance)}
+    if FRACTIONS:
+        params["synthetic_fraction"] = FRACTIONS[-1]
+    # in the dataclass's (= the schema's) key order: a tracked dict's repr changes with its order, and
+    # a key moved to an overlay file (a number turned into a list there) must not resample
+    order = [f.name for f in dataclasses.fields(SamplingConfig)]
+    return {k: params[k] for k in sorted(params, key=order.index)}
 
 
 def fidelity_params():
@@ -350,6 +366,8 @@ def get_classifier_targets():
     targets += expand(
         out("evaluation", "{arm}", "{f}"), arm=ARMS, f=("metrics.json", "sweep.png")
     )
+    if FRACTIONS and len(FRACTIONS) > 1 and LDM_CONDS:
+        targets.append(out("comparison", "fraction.png"))
     if config["deploy"]["enabled"]:
         targets.append(out("deploy", DEPLOY_ARM, "model.json"))
         if config["deploy"]["slides"]:

@@ -123,6 +123,37 @@ rule compare_arms:
         "../scripts/compare_arms.py"
 
 
+# With `sampling.synthetic_fraction` a list of 2+ values (a target only then): every slide metric
+# against the fraction, per conditioning, `real` at fraction 0.
+rule compare_fractions:
+    input:
+        metrics=expand(
+            out("evaluation", "{arm}", "metrics.json"), arm=get_fraction_arms()
+        ),
+    output:
+        table=out("comparison", "fraction.csv"),
+        plot=report(
+            out("comparison", "fraction.png"),
+            caption="../report/compare_fractions.rst",
+            category="6. Results",
+            labels={"figure": "metrics against the synthetic fraction"},
+        ),
+    log:
+        out("logs", "compare_fractions", "all.log"),
+    localrule: True
+    conda:
+        "../envs/duvflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        arms=get_fraction_arms(),
+        aggregate=cfg("aggregate"),
+    script:
+        "../scripts/compare_fractions.py"
+
+
 rule flag_failures:
     input:
         unpack(get_flag_inputs),

@@ -9,6 +9,7 @@ from duvflow.core.runtime import setup_logging
 setup_logging(snakemake.log[0])
 from duvflow.classifier.predict import predict_tiles
 from duvflow.classifier.train import train_classifier
+from duvflow.core.arms import arm_fraction
 from duvflow.gpu import gpu_job
 
 with gpu_job(snakemake.resources) as job:  # gpu > 1: one data-parallel process per card
@@ -20,6 +21,8 @@ with gpu_job(snakemake.resources) as job:  # gpu > 1: one data-parallel process 
         metrics_output=snakemake.output.metrics, checkpoint_dir=snakemake.params.checkpoint_dir,
         classifier=job_settings(snakemake, "classifier"), tiling=job_settings(snakemake, "tiling"), seed=snakemake.params.seed,
         threads=snakemake.threads, teacher=snakemake.input.get("teacher"),
+        # an arm of a fraction sweep (`real+ssl@0.1`): the nested subset of its synthetic set at that share
+        synthetic_fraction=arm_fraction(snakemake.wildcards.arm),
     )
     predict_tiles(
         model_dir=snakemake.params.model_dir, tables=snakemake.input.tables, stores=snakemake.input.stores,

@@ -25,6 +25,7 @@ from duvflow.classifier.config import ClassifierAugmentConfig
 from duvflow.core.labels import label_to_int
 from duvflow.core.patches import resize_batch, to_float_tensor
 from duvflow.core.stain import stain_jitter
+from duvflow.core.synthetic import nested_subset, synthetic_count
 from duvflow.slides.store import PatchStore
 from duvflow.train.batches import StepBatches
 
@@ -46,9 +47,16 @@ class LeakageError(ValueError):
     """A fold's test slide (or a synthetic patch made from one) would enter its training."""
 
 
-def load_synthetic(path: str | os.PathLike) -> pd.DataFrame:
+def load_synthetic(path: str | os.PathLike, fraction: float | None = None,
+                   real_labels: np.ndarray | None = None) -> pd.DataFrame:
     """The synthetic set's manifest (``path``: its folder or ``manifest.parquet``) with absolute
-    ``file`` paths and ``label_int``; every listed PNG must exist."""
+    ``file`` paths and ``label_int``; every listed PNG must exist.
+
+    With ``fraction`` (an arm of a fraction sweep), only the nested, stratified subset that makes up
+    that share beside the real training patches ``real_labels`` (``label_int``):
+    :func:`duvflow.core.synthetic.nested_subset` of ``synthetic_count(len(real_labels), fraction)``
+    patches, at most the whole set (``sampling.max_synthetic`` may have capped it).
+    """
     path = Path(path)
     manifest = path / "manifest.parquet" if path.is_dir() else path
     if not manifest.is_file():
@@ -57,6 +65,8 @@ def load_synthetic(path: str | os.PathLike) -> pd.DataFrame:
     missing_cols = {"file", "label", "source_slide"} - set(df.columns)
     if missing_cols:
         raise ValueError(f"{manifest} lacks column(s) {', '.join(sorted(missing_cols))}")
+    if fraction is not None:
+        df = _fraction_subset(df, manifest, fraction, real_labels)
     df = df.copy()
     df["file"] = [str(f if Path(f).is_absolute() else manifest.parent / f) for f in df["file"]]
     absent = [f for f in df["file"] if not Path(f).is_file()]
@@ -65,6 +75,23 @@ def load_synthetic(path: str | os.PathLike) -> pd.DataFrame:
     df["label_int"] = label_to_int(df["label"]) if len(df) else np.zeros(0, np.int64)
     df["source_slide"] = df["source_slide"].astype(str)
     return df
+
+
+def _fraction_subset(df: pd.DataFrame, manifest: Path, fraction: float, real_labels) -> pd.DataFrame:
+    """The rows of the set ``df`` for the arm at ``fraction`` (see :func:`load_synthetic`)."""
+    if real_labels is None:
+        raise ValueError("a synthetic fraction needs the real training labels it is a share beside")
+    n = synthetic_count(len(real_labels), fraction)
+    if n >= len(df):
+        if n > len(df):
+            _log.warning("%s: %d synthetic patches for fraction %g, the set has %d (sampling.max_synthetic?): "
+                         "all are used", manifest.parent, n, fraction, len(df))
+        return df
+    labels = label_to_int(df["label"])
+    rows = nested_subset(labels, np.asarray(real_labels), n)
+    _log.info("%s: %d of %d synthetic patches for fraction %g (%s)", manifest.parent, len(rows), len(df), fraction,
+              ", ".join(f"label {k}: {int((labels[rows] == k).sum())}" for k in np.unique(labels)))
+    return df.iloc[rows].reset_index(drop=True)
 
 
 def check_no_leakage(split: pd.DataFrame, fold: str, train_slides, val_slides, synthetic: pd.DataFrame | None) -> None:

@@ -88,14 +88,15 @@ def _selection_key(metrics: dict[str, float], metric: str) -> tuple[float, float
     return (-math.inf if math.isnan(auc) else auc, -math.inf if math.isnan(loss) else -loss)
 
 
-def _fold_data(tables, stores, statuses, splits, fold: str, synthetic, cfg: ClassifierConfig, seed: int) -> dict:
-    """The fold's real training patches (+ the arm's synthetic set) and validation patches, checked
-    for leakage (no test slide, or synthetic patch made from one, may enter)."""
+def _fold_data(tables, stores, statuses, splits, fold: str, synthetic, cfg: ClassifierConfig, seed: int,
+               fraction: float | None = None) -> dict:
+    """The fold's real training patches (+ the arm's synthetic set, or its subset at ``fraction``) and
+    validation patches, checked for leakage (no test slide, or synthetic patch made from one, may enter)."""
     split = read_splits(splits)
     index = attach_split(load_patch_index(tables, stores, statuses), split, fold)
     real = index[index["role"] == "train"].reset_index(drop=True)
     val = _select_val(index[index["role"] == "val"], cfg.val_max_patches_per_slide, seed)
-    synth = load_synthetic(synthetic) if synthetic else None
+    synth = load_synthetic(synthetic, fraction, real["label_int"].to_numpy()) if synthetic else None
     check_no_leakage(split, fold, real["slide_id"].unique(), val["slide_id"].unique(), synth)
     train_set = PatchImages(real, synth, cfg.img_size, cfg.augment)
     val_set = PatchImages(val, None, cfg.img_size)
@@ -113,7 +114,7 @@ def _fold_data(tables, stores, statuses, splits, fold: str, synthetic, cfg: Clas
     if len(val) == 0:
         _log.warning("fold %s has no validation slides: the last epoch's weights are kept", fold)
     return {"real": real, "val": val, "n_synth": n_synth, "train_set": train_set, "val_set": val_set,
-            "counts": counts}
+            "counts": counts, "fraction": fraction}
 
 
 class _Selection:
@@ -161,10 +162,12 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
                      meta_output: str | os.PathLike, metrics_output: str | os.PathLike,
                      checkpoint_dir: str | os.PathLike, classifier: dict, seed: int,
                      synthetic: str | os.PathLike | None = None, tiling: dict | None = None,
-                     threads: int | None = None, teacher: str | os.PathLike | None = None) -> dict:
+                     threads: int | None = None, teacher: str | os.PathLike | None = None,
+                     synthetic_fraction: float | None = None) -> dict:
     """Train the classifier of ``arm`` on ``fold``; write weights, metadata JSON and metrics CSV.
 
-    ``synthetic`` is the arm's synthetic set (folder with ``manifest.parquet``; None for ``real``).
+    ``synthetic`` is the arm's synthetic set (folder with ``manifest.parquet``; None for ``real``);
+    ``synthetic_fraction`` (an arm of a fraction sweep) takes its nested subset at that share.
     ``teacher`` is the fold's DINO teacher (``teacher.safetensors``), the start when ``init`` is dino.
     ``tiling`` (the tiling config) is stored in the metadata so new slides can be tiled alike.
     """
@@ -172,7 +175,7 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
 
     cfg = from_dict(ClassifierConfig, classifier, "classifier")
     run_seed = classifier_seed(seed, fold)
-    data = _fold_data(tables, stores, statuses, splits, fold, synthetic, cfg, run_seed)
+    data = _fold_data(tables, stores, statuses, splits, fold, synthetic, cfg, run_seed, synthetic_fraction)
     train_set, counts, train_slides = data["train_set"], data["counts"], sorted(data["real"]["slide_id"].unique())
     run = TrainingRun("classifier", cfg, checkpoint_dir=checkpoint_dir, seed=run_seed, threads=threads,
                       metric_columns=HISTORY_COLUMNS,
@@ -243,7 +246,7 @@ def _finish(run: TrainingRun, cfg: ClassifierConfig, model, selection: _Selectio
         "resize": "antialiased bilinear from the stored patch size to img_size",
         "arm": arm, "fold": str(fold), "seed": seed, "init_weights": cfg.weights, "init": cfg.init,
         "train_slides": sorted(real["slide_id"].unique()), "val_slides": sorted(val["slide_id"].unique()),
-        "n_train_real": len(real), "n_train_synthetic": data["n_synth"],
+        "n_train_real": len(real), "n_train_synthetic": data["n_synth"], "synthetic_fraction": data["fraction"],
         "class_counts": dict(zip(CLASSES, counts.tolist(), strict=True)),
         "selected_epoch": selection.epoch, "selection_metric": cfg.selection_metric,
         "selection": {k: best_row[k] for k in ("val_slide_auc", "val_slide_loss", "val_patch_loss")},

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from duvflow.core.arms import arm_condition, arm_fraction
 from duvflow.core.config import from_dict
 from duvflow.core.figures import pyplot
 from duvflow.core.io import atomic_path, read_json, write_csv, write_json
@@ -32,6 +33,7 @@ __all__ = [
     "EvaluateConfig",
     "bootstrap_metrics",
     "compare_arms",
+    "compare_fractions",
     "evaluate_arm",
     "load_slide_tables",
     "metric_table",
@@ -290,6 +292,70 @@ def compare_arms(*, metrics: Sequence[str | os.PathLike], pooled_slides: Sequenc
     _plot_roc({arm: _test_slides(load_slide_tables([p])) for arm, p in zip(arms, pooled_slides, strict=True)},
               roc_plot, title="ROC of the arms (pooled test slides)", per_fold=False)
     return out
+
+
+def compare_fractions(*, metrics: Sequence[str | os.PathLike], arms: Sequence[str], table: str | os.PathLike,
+                      plot: str | os.PathLike, aggregate: dict) -> pd.DataFrame:
+    """Slide metrics against the synthetic fraction, one line per conditioning, at the configured theta.
+
+    ``arms`` are ``real`` (drawn at fraction 0, the start of every line) and the arms of a fraction
+    sweep (``real+ssl@0.1``), ``metrics`` their ``evaluate_arm`` JSONs in the same order. Writes a
+    long table (``arm, condition, fraction, theta_mode, metric, value, ci_low, ci_high, n_slides, ci``) and
+    one panel per metric (accuracy, sensitivity, specificity, balanced accuracy, ROC AUC) with the
+    bootstrap CIs as error bars.
+    """
+    if len(metrics) != len(arms):
+        raise ValueError("metrics and arms must list the same arms in the same order")
+    cfg = from_dict(AggregateConfig, aggregate, "aggregate")
+    rows = []
+    for arm, path in zip(arms, metrics, strict=True):
+        res = read_json(path)
+        if res["arm"] != arm:
+            raise ValueError(f"{path} holds arm {res['arm']!r}, expected {arm!r}")
+        cond, fraction = arm_condition(arm), arm_fraction(arm)
+        if (cond is None) != (fraction is None) or (cond is None and arm != "real"):
+            raise ValueError(f"arm {arm!r} is neither `real` nor an arm of a fraction sweep (real+<cond>@<f>)")
+        pooled = res["modes"][cfg.mode]["pooled"]
+        for m in (*METRICS, "auc"):
+            entry = res["auc"] if m == "auc" else pooled[m]
+            rows.append({"arm": arm, "condition": cond or "", "fraction": fraction or 0.0, "theta_mode": cfg.mode,
+                         "metric": m, "value": entry["value"], "ci_low": entry["ci_low"], "ci_high": entry["ci_high"],
+                         "n_slides": res["n_slides"], "ci": res["bootstrap"]["ci"]})
+    out = pd.DataFrame(rows).sort_values(["condition", "fraction", "metric"], ignore_index=True)
+    write_csv(out, table)
+    _plot_fractions(out, plot, mode=cfg.mode)
+    _log.info("fraction sweep: %d arm(s), fractions %s", len(arms),
+              ", ".join(f"{f:g}" for f in sorted(out["fraction"].unique())))
+    return out
+
+
+def _plot_fractions(table: pd.DataFrame, target: str | os.PathLike, *, mode: str) -> None:
+    plt = pyplot()
+
+    metrics = (*METRICS, "auc")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4), sharey=True)
+    real = table[table["condition"] == ""]
+    conds = sorted(c for c in table["condition"].unique() if c)
+    width = table["fraction"].max() or 1.0
+    for ax, metric in zip(axes, metrics, strict=True):
+        for k, cond in enumerate(conds):
+            # the arms' CIs side by side: each conditioning a little to one side of its fractions
+            part = pd.concat([real, table[table["condition"] == cond]])
+            part = part[part["metric"] == metric].sort_values("fraction")
+            x = part["fraction"] + (k - (len(conds) - 1) / 2) * 0.012 * width
+            err = np.clip([part["value"] - part["ci_low"], part["ci_high"] - part["value"]], 0, None)
+            ax.errorbar(x, part["value"], yerr=np.nan_to_num(err), fmt="-o", ms=4, capsize=3, label=f"real+{cond}")
+        base = real[real["metric"] == metric]
+        if len(base):
+            ax.axhline(float(base["value"].iloc[0]), color="0.5", ls=":", lw=1, label="real (fraction 0)")
+        ax.set(title=metric.replace("_", " ") if metric != "auc" else "ROC AUC", xlabel="synthetic fraction",
+               ylim=(-0.02, 1.02), xticks=sorted(table["fraction"].unique()))
+    axes[0].set_ylabel(f"pooled test slides (theta {mode})")
+    axes[0].legend(fontsize="x-small", loc="best")
+    fig.suptitle(f"Slide metrics against the share of synthetic patches ({table['ci'].iloc[0]:.0%} bootstrap CIs)",
+                 fontsize="medium")
+    fig.tight_layout()
+    _save(fig, target)
 
 
 def _fidelity(paths: Sequence[str | os.PathLike]) -> dict[str, float]:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from duvflow.core.arms import arm_condition
 from duvflow.core.config import from_dict
 from duvflow.core.io import read_json, write_csv
 
@@ -71,7 +72,7 @@ def curve_drop(values: Sequence[float], window: float) -> tuple[float, float, fl
 
 
 def _arms_of(arms: Sequence[str], conditions: Sequence[str]) -> str:
-    return ";".join(a for a in arms if "+" in a and a.split("+", 1)[1] in conditions)
+    return ";".join(a for a in arms if arm_condition(a) in conditions)
 
 
 def _dino_flags(teachers: Mapping[str, str], arms: Sequence[str]) -> list[dict]:

@@ -3,7 +3,8 @@
 Every arm is evaluated on the same test slides (the splits are shared), so the question "does arm B
 beat arm A" is a paired one. For each pair (every arm against ``real``, and among the other arms
 the later against the earlier, with ``real+class`` before the rest, so ``real+ssl`` is compared
-with ``real+class``) this module reports, at the configured theta rule:
+with ``real+class``; arms of a fraction sweep only with ``real`` and with the other conditioning at
+their fraction) this module reports, at the configured theta rule:
 
 * a paired percentile bootstrap over slides of the difference (B - A) in accuracy, sensitivity,
   specificity, balanced accuracy and ROC AUC, with a two-sided bootstrap p-value;
@@ -32,6 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from duvflow.core.arms import arm_condition, arm_fraction
 from duvflow.core.config import from_dict
 from duvflow.core.io import atomic_path, write_csv
 from duvflow.core.labels import label_to_int
@@ -175,9 +177,18 @@ def delong_test(y, scores_a, scores_b) -> dict[str, float]:
 
 def arm_pairs(arms: Sequence[str]) -> list[tuple[str, str]]:
     """(reference, arm) pairs: every arm against ``real``, then ``real+class`` against the rest, then
-    the remaining arms among themselves in config order; the difference is always arm - reference."""
-    ordered = [a for a in REFERENCE_ORDER if a in arms] + [a for a in arms if a not in REFERENCE_ORDER]
-    return [(ref, arm) for i, ref in enumerate(ordered) for arm in ordered[i + 1:]]
+    the remaining arms among themselves in config order; the difference is always arm - reference.
+
+    The arms of a fraction sweep (``real+ssl@0.1``) are compared with ``real`` and with the other
+    conditioning at the same fraction only (``real+class@0.1`` vs ``real+ssl@0.1``); the fraction
+    plot (:mod:`duvflow.evaluate.fraction`) shows them against each other.
+    """
+    def rank(arm: str) -> int:
+        return 0 if arm == REFERENCE_ORDER[0] else 1 if arm_condition(arm) == "class" else 2
+
+    ordered = sorted(arms, key=rank)  # stable: config order within a rank
+    return [(ref, arm) for i, ref in enumerate(ordered) for arm in ordered[i + 1:]
+            if ref == REFERENCE_ORDER[0] or arm_fraction(ref) == arm_fraction(arm)]
 
 
 def _load_arm(path: str | os.PathLike, arm: str, mode: str) -> pd.DataFrame:

@@ -100,7 +100,7 @@ class SamplingConfig:
     steps: int = 50
     guidance: float | tuple[float, ...] = 2.0  # a list: the classifier's set uses the first
     eta: float = 0.0
-    synthetic_fraction: float = 0.05
+    synthetic_fraction: float | tuple[float, ...] = 0.05  # a list: one set at the largest, nested subsets
     max_synthetic: int | None = None
     batch_size: int = 32
     mixed_precision: bool = True
@@ -111,6 +111,12 @@ class SamplingConfig:
         """Every configured guidance scale; the first is the classifier arms'."""
         values = self.guidance if isinstance(self.guidance, tuple) else (self.guidance,)
         return tuple(float(v) for v in values)
+
+    @property
+    def largest_fraction(self) -> float:
+        """The fraction the set is sampled at: the largest of a sweep (its smaller sets are subsets)."""
+        f = self.synthetic_fraction
+        return float(max(f) if isinstance(f, tuple) else f)
 
 
 @dataclasses.dataclass(frozen=True)

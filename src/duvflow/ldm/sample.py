@@ -23,6 +23,7 @@ from duvflow.core.io import atomic_path, write_parquet
 from duvflow.core.patches import LABEL_TO_INT
 from duvflow.core.runtime import autocast, configure_threads, progress, select_device
 from duvflow.core.splits import fold_seed
+from duvflow.core.synthetic import label_quota, synthetic_count
 from duvflow.ldm.common import run_metadata, to_uint8
 from duvflow.ldm.config import SamplingConfig
 from duvflow.ldm.data import read_latent_store
@@ -37,27 +38,18 @@ INT_TO_LABEL = {v: k for k, v in LABEL_TO_INT.items()}
 MANIFEST = "manifest.parquet"
 
 
-def synthetic_count(n_real: int, fraction: float) -> int:
-    """Synthetic patches that make up ``fraction`` of real + synthetic: n_real * f / (1 - f)."""
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"synthetic fraction must be in [0, 1), got {fraction}")
-    return round(n_real * fraction / (1.0 - fraction))
-
-
 def plan_synthetic(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Rows of the real training patches whose conditions the ``n`` synthetic patches use.
 
-    Stratified by label: each label gets its share of the real training set (largest remainder),
-    drawn without replacement (a label with fewer patches than needed is cycled through again).
+    Stratified by label: each label gets its share of the real training set (largest remainder,
+    :func:`duvflow.core.synthetic.label_quota`), drawn without replacement (a label with fewer patches
+    than needed is cycled through again). The smaller sets of a fraction sweep are the first rows of
+    each label of this plan (:func:`duvflow.core.synthetic.nested_subset`).
     """
     labels = np.asarray(labels)
     if n == 0:
         return np.zeros(0, np.int64)
-    classes, counts = np.unique(labels, return_counts=True)
-    share = counts / counts.sum() * n
-    per_class = np.floor(share).astype(int)
-    for i in np.argsort(-(share - per_class), kind="stable")[: n - per_class.sum()]:
-        per_class[i] += 1
+    classes, per_class = label_quota(labels, n)
     rng = np.random.default_rng(seed)
     rows = []
     for lab, k in zip(classes, per_class, strict=True):
@@ -103,7 +95,7 @@ def sample_synthetic(*, model: str, vae: str, latents: str, output: str, conditi
 
     # the real training patches of the fold, in latent-store order (the plan is arm-independent)
     real = read_latent_store(latents, arrays=False)["index"]
-    n_syn = synthetic_count(len(real), cfg.synthetic_fraction)
+    n_syn = synthetic_count(len(real), cfg.largest_fraction)
     if cfg.max_synthetic is not None and n_syn > cfg.max_synthetic:
         _log.warning("capping %d synthetic patches at sampling.max_synthetic = %d", n_syn, cfg.max_synthetic)
         n_syn = cfg.max_synthetic
@@ -124,7 +116,7 @@ def sample_synthetic(*, model: str, vae: str, latents: str, output: str, conditi
     seeds = seed + np.arange(n_syn)
     latent_shape = (meta["latent_channels"], meta["latent_size"], meta["latent_size"])
     _log.info("fold %s, %s arm: %d synthetic patches for %d real training patches (fraction %.3f), %d DDIM steps, "
-              "guidance %.2f", fold, condition, n_syn, len(real), cfg.synthetic_fraction, cfg.steps, guidance)
+              "guidance %.2f", fold, condition, n_syn, len(real), cfg.largest_fraction, cfg.steps, guidance)
 
     files = [f"syn_{i:06d}.png" for i in range(n_syn)]
     with atomic_path(output, suffix="") as tmp:
@@ -149,6 +141,6 @@ def sample_synthetic(*, model: str, vae: str, latents: str, output: str, conditi
         })
         write_parquet(manifest, Path(tmp) / MANIFEST, metadata={
             # n_requested: what this folder must hold (duvflow.evaluate.flags checks it)
-            "n_real": len(real), "synthetic_fraction": cfg.synthetic_fraction, "n_requested": n_syn, "model": str(model),
+            "n_real": len(real), "synthetic_fraction": cfg.largest_fraction, "n_requested": n_syn, "model": str(model),
             "image_size": meta.get("image_size"), **{k: v for k, v in run_metadata().items()}})
     _log.info("wrote %d synthetic patches to %s", n_syn, output)
