@@ -29,7 +29,7 @@ def test_a_fraction_no_larger_than_the_sampled_one_reruns_no_sampling(tiny_run, 
     jobs = _planned(tiny_run, tmp_path, {"sampling": {"synthetic_fraction": [0.02, 0.05]}})
     rules = {rule for rule, _, _ in jobs}
     assert not rules & (BEFORE_SAMPLING | {"sample_ldm", "sample_ldm_guidance", "measure_fidelity"}), sorted(rules)
-    trained = {wc["arm"] for rule, wc, _ in jobs if rule in ("train_classifier", "predict_tiles")}
+    trained = {wc["arm"] for rule, wc, _ in jobs if rule == "train_classifier"}
     assert trained == FRACTION_ARMS, sorted(trained)
     assert {"compare_fractions", "compare_arms", "compare_paired"} <= rules
     # a larger fraction than the sets were sampled at: one new set per fold and conditioning

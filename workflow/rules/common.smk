@@ -1,6 +1,5 @@
 # Shared by the other .smk files - config and sample-sheet validation, paths, resources, input
 # functions. Nothing here imports torch.
-import dataclasses
 import json
 import os
 import re
@@ -19,12 +18,11 @@ os.environ.update(
 from duvflow.baselines.config import BASELINE_ARMS
 from duvflow.core.arms import arm_condition, expand_arms, fraction_values, resolve_arm
 from duvflow.core.pretrained import check_pretrained
-from duvflow.core.config import result_settings, typed_overrides
+from duvflow.core.config import canonical, result_settings, typed_overrides
 from duvflow.core.sheet import SampleSheetError, read_sheet, validate_sheet
 from duvflow.core.splits import check_class_counts
 from duvflow.core.validation import ConfigError, check_config
 from duvflow.demo.cohort import cohort_plan
-from duvflow.ldm.config import SamplingConfig
 from snakemake.utils import update_config
 
 # `--config aggregate='{theta: 0.3}'` changes one nested setting: Snakemake leaves the 0.3 a string
@@ -270,10 +268,7 @@ def sampling_params(guidance):
     params = {**cfg("sampling"), "guidance": float(guidance)}
     if FRACTIONS:
         params["synthetic_fraction"] = FRACTIONS[-1]
-    # in the dataclass's (= the schema's) key order: a tracked dict's repr changes with its order, and
-    # a key moved to an overlay file (a number turned into a list there) must not resample
-    order = [f.name for f in dataclasses.fields(SamplingConfig)]
-    return {k: params[k] for k in sorted(params, key=order.index)}
+    return canonical(params)  # sorted keys, as every tracked section
 
 
 def fidelity_params():

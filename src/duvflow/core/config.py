@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["BAD_SLIDE_KEYS", "RUNTIME_KEYS", "from_dict", "job_settings", "result_settings", "typed_overrides",
+__all__ = ["BAD_SLIDE_KEYS", "RUNTIME_KEYS", "canonical", "from_dict", "job_settings", "result_settings", "typed_overrides",
            "untracked_settings"]
 
 T = TypeVar("T")
@@ -53,9 +53,21 @@ def _untracked(section: str) -> frozenset[str]:
 
 def result_settings(section: str, values: dict[str, Any]) -> dict[str, Any]:
     """``values`` without the section's run-time-only (and per-slide) keys: what every result of
-    the section, or a checkpoint, depends on. Rules pass this as their tracked ``params``."""
+    the section, or a checkpoint, depends on. Rules pass this as their tracked ``params``.
+
+    Keys are sorted (nested mappings too): Snakemake compares a param by its repr, so the order in
+    which config files and defaults list the keys must not rerun anything."""
     skip = _untracked(section)
-    return {k: v for k, v in values.items() if k not in skip}
+    return canonical({k: v for k, v in values.items() if k not in skip})
+
+
+def canonical(value: Any) -> Any:
+    """``value`` with the keys of every mapping in it sorted (a tracked param's repr is then order-free)."""
+    if isinstance(value, typing.Mapping):
+        return {k: canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, list | tuple):
+        return type(value)(canonical(v) for v in value)
+    return value
 
 
 def untracked_settings(config: dict[str, Any], section: str) -> dict[str, Any]:
