@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -51,7 +52,8 @@ def demo_config() -> dict:
 
 
 def overlay(samples: Path, patch_size: int, folds: int, init: str, *, epochs: int | None = None,
-            dino_epochs: int | None = None, stain: str = "none", layer_decay: float | None = None) -> dict:
+            dino_epochs: int | None = None, stain: str = "none", layer_decay: float | None = None,
+            dino_out_dim: int | None = None) -> dict:
     """Settings on top of config/demo.yaml: the given cohort, classification only."""
     dino = demo_config()["dino"]
     classifier = {"init": init, "model": dino["backbone"], "model_kwargs": dino["model_kwargs"],
@@ -59,24 +61,35 @@ def overlay(samples: Path, patch_size: int, folds: int, init: str, *, epochs: in
                   "augment": {"stain": stain}, "layer_decay": layer_decay if init != "random" else None}
     if epochs:
         classifier["epochs"] = epochs
-    dino_overlay = {"augment": {"stain": stain}, **({"epochs": dino_epochs} if dino_epochs else {})}
+    dino_overlay = {"augment": {"stain": stain}, **({"epochs": dino_epochs} if dino_epochs else {}),
+                    **({"head": {"out_dim": dino_out_dim}} if dino_out_dim else {})}
     return {"demo": {"enabled": False}, "samples": str(samples.resolve()), "arms": ARMS,
             "tiling": {"patch_size": patch_size}, "splits": {"n_folds": folds}, "deploy": {"enabled": False},
             "classifier": classifier, "dino": dino_overlay}
 
 
-def epochs_for(steps: int | None, results: Path, folds: int, batch_size: int, minimum: int) -> int:
-    """The fewest epochs (at least ``minimum``) that give every fold ``steps`` optimisation steps,
-    one step per full batch of the fold's training patches (the classifier's and DINO's epoch)."""
-    if not steps:
-        return minimum
+def fewest_train_patches(results: Path, folds: int) -> int:
+    """The training-patch count of the fold with the fewest."""
     splits = pd.read_csv(results / "splits.csv", dtype=str)
     counts = pd.concat([pd.read_parquet(p, columns=["slide_id"]) for p in (results / "tiles").glob("*.parquet")])
     per_slide = counts["slide_id"].value_counts()
     train = splits[(splits["role"] == "train") & splits["fold"].isin([str(k) for k in range(folds)])]
     per_fold = train.assign(n=train["slide_id"].map(per_slide).fillna(0)).groupby("fold")["n"].sum()
-    steps_per_epoch = max(1, int(per_fold.min()) // batch_size)
-    return max(minimum, -(-steps // steps_per_epoch))
+    return int(per_fold.min())
+
+
+def epochs_for(steps: int | None, n_train: int, batch_size: int, minimum: int) -> int:
+    """The fewest epochs (at least ``minimum``) that give every fold ``steps`` optimisation steps,
+    one step per full batch of the fold's ``n_train`` training patches (the classifier's and DINO's epoch)."""
+    if not steps:
+        return minimum
+    return max(minimum, -(-steps // max(1, n_train // batch_size)))
+
+
+def prototypes_for(n_train: int, configured: int) -> int:
+    """DINO's head size (prototypes): the configured one, at most the largest power of two <= the
+    training patches, so a few hundred patches are not spread over thousands of near-empty prototypes."""
+    return max(16, min(configured, 2 ** int(math.log2(max(n_train, 1)))))
 
 
 def run_workflow(workdir: Path, configs: list[Path], cores: int, target: str = "results/comparison/arms.csv") -> float:
@@ -121,6 +134,8 @@ def main() -> None:
                         help="at least this many DINO steps per fold (0: demo.yaml's epochs)")
     parser.add_argument("--stain", choices=["none", "hed", "fluorescence"], default="hed",
                         help="stain jitter of classifier and DINO augmentation (hed: bright-field H&E)")
+    parser.add_argument("--no-dino-prototypes", dest="dino_prototypes", action="store_false",
+                        help="keep demo.yaml's DINO head out_dim instead of capping it at the training patches")
     parser.add_argument("--layer-decay", type=float, default=0.75,
                         help="layer-wise lr decay of the dino-initialised classifier (0: off)")
     parser.add_argument("--cores", type=int, default=2)
@@ -135,10 +150,11 @@ def main() -> None:
     path = workdir / "bench-tiles.yaml"  # tiles and folds first: the epochs follow from the fold sizes
     path.write_text(yaml.safe_dump(overlay(args.samples, args.patch_size, args.folds, "random", **base)))
     walls["tiles"] = run_workflow(workdir, [ROOT / "config" / "demo.yaml", path], args.cores, "results/splits.csv")
-    base["epochs"] = epochs_for(args.classifier_steps, results, args.folds, demo["classifier"]["batch_size"],
+    n_train = fewest_train_patches(results, args.folds)
+    base["epochs"] = epochs_for(args.classifier_steps, n_train, demo["classifier"]["batch_size"],
                                 demo["classifier"]["epochs"])
-    base["dino_epochs"] = epochs_for(args.dino_steps, results, args.folds, demo["dino"]["batch_size"],
-                                     demo["dino"]["epochs"])
+    base["dino_epochs"] = epochs_for(args.dino_steps, n_train, demo["dino"]["batch_size"], demo["dino"]["epochs"])
+    base["dino_out_dim"] = prototypes_for(n_train, demo["dino"]["head"]["out_dim"]) if args.dino_prototypes else None
     for init in ("random", "dino"):
         path = workdir / f"bench-{init}.yaml"
         path.write_text(yaml.safe_dump(overlay(args.samples, args.patch_size, args.folds, init, **base)))
@@ -152,7 +168,7 @@ def main() -> None:
           f"wall time {walls['tiles']:.0f} s (tiles), {walls['random']:.0f} s (random init + baselines), "
           f"{walls['dino']:.0f} s (dino init)")
     print(f"classifier {base['epochs']} epochs, DINO {base['dino_epochs']} epochs, stain jitter {args.stain}, "
-          f"layer decay of the dino start {base['layer_decay']}")
+          f"layer decay of the dino start {base['layer_decay']}, DINO out_dim {base['dino_out_dim'] or 'demo.yaml'}")
     print(table.to_markdown(floatfmt=".3f") if _has_tabulate() else table.round(3).to_string())
     print(f"outputs in {workdir}")
 
