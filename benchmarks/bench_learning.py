@@ -19,7 +19,10 @@ count that gives every fold at least that many steps (never fewer than ``demo.ya
 jitter (``--stain``, HED for bright-field H&E by default; ``fluorescence`` for dark-field) augments
 both the classifier and DINO. The DINO-initialised classifier is fine-tuned with layer-wise
 learning-rate decay (``--layer-decay``, 0.75 as in BEiT/MAE fine-tuning) so that its learned early
-layers are adapted, not overwritten, at the from-scratch learning rate.
+layers are adapted, not overwritten, at the from-scratch learning rate. DINO's head gets at most
+as many prototypes (``head.out_dim``) as the largest power of two not above a fold's training
+patches (``--no-dino-prototypes`` keeps ``demo.yaml``'s 4096): thousands of prototypes for a few
+hundred patches leave the teacher's output near uniform (the collapse the DINO monitor warns of).
 
 Slide AUC and accuracy come from ``evaluation/{arm}/metrics.json`` (pooled test slides of all folds,
 the configured fixed theta and the one chosen on validation slides); patch AUC is computed here over
