@@ -280,3 +280,39 @@ def test_preloaded_images_equal_streamed_ones(cohort):
         b, lb = cached[key]
         assert la == lb and a.shape == (3, 32, 32)
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_layer_decay_scales_lr_by_depth_and_spares_embeddings_from_weight_decay():
+    """layer_decay: the head keeps the step's lr, each layer below it gets `decay` times the one above;
+    without it one rate for all. Either way pos_embed/cls_token/biases/norms get no weight decay."""
+    from duvflow.classifier.model import build_classifier
+    from duvflow.classifier.train import build_optimizer, set_lr
+
+    kwargs = {**TINY["model_kwargs"], "depth": 2}
+    model = build_classifier(TINY["model"], img_size=TINY["img_size"], model_kwargs=kwargs)
+    names = {id(p): n for n, p in model.backbone.named_parameters()}
+
+    def rates(decay):
+        cfg = from_dict(ClassifierConfig, {**TINY, "layer_decay": decay}, "classifier")
+        optimizer = build_optimizer(model, cfg)
+        set_lr(optimizer, 1e-3)
+        n_params = sum(len(g["params"]) for g in optimizer.param_groups)
+        assert n_params == len(list(model.parameters()))  # every parameter, each once
+        out = {}
+        for g in optimizer.param_groups:
+            for p in g["params"]:
+                out[names[id(p)]] = (g["lr"], g["weight_decay"])
+        return out
+
+    flat = rates(None)
+    assert all(lr == pytest.approx(1e-3) for lr, _ in flat.values())
+    decayed = rates(0.5)
+    assert decayed["head.weight"][0] == pytest.approx(1e-3)
+    assert decayed["blocks.1.attn.qkv.weight"][0] == pytest.approx(0.5e-3)
+    assert decayed["blocks.0.attn.qkv.weight"][0] == pytest.approx(0.25e-3)
+    assert decayed["patch_embed.proj.weight"][0] == pytest.approx(0.125e-3)
+    for table in (flat, decayed):
+        assert table["pos_embed"][1] == 0 and table["cls_token"][1] == 0 and table["norm.weight"][1] == 0
+        assert table["blocks.0.attn.qkv.weight"][1] == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="layer_decay"):
+        from_dict(ClassifierConfig, {"layer_decay": 1.5}, "classifier")

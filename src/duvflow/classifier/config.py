@@ -44,6 +44,7 @@ class ClassifierConfig:
     lr: float = 5e-5
     min_lr: float = 1e-6
     weight_decay: float = 0.05
+    layer_decay: float | None = None  # layer-wise lr decay (timm param_groups_layer_decay); None = off
     warmup_epochs: float = 1.0
     grad_clip: float = 1.0
     label_smoothing: float = 0.1
@@ -66,3 +67,5 @@ class ClassifierConfig:
             raise ValueError(f"classifier.balance must be one of {BALANCE}, got {self.balance!r}")
         if self.selection_metric not in SELECTION_METRICS:
             raise ValueError(f"classifier.selection_metric must be one of {SELECTION_METRICS}")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ValueError(f"classifier.layer_decay must be in (0, 1] or null, got {self.layer_decay}")

@@ -41,7 +41,7 @@ from duvflow.train.distributed import all_reduce_mean, shard_batches
 from duvflow.train.harness import TrainingRun
 from duvflow.train.schedules import cosine_value
 
-__all__ = ["classifier_seed", "train_classifier"]
+__all__ = ["build_optimizer", "classifier_seed", "set_lr", "train_classifier"]
 
 _log = logging.getLogger(__name__)
 HISTORY_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_patch_loss", "val_patch_accuracy", "val_slide_auc",
@@ -171,8 +171,6 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
     ``teacher`` is the fold's DINO teacher (``teacher.safetensors``), the start when ``init`` is dino.
     ``tiling`` (the tiling config) is stored in the metadata so new slides can be tiled alike.
     """
-    from timm.optim import create_optimizer_v2
-
     cfg = from_dict(ClassifierConfig, classifier, "classifier")
     run_seed = classifier_seed(seed, fold)
     data = _fold_data(tables, stores, statuses, splits, fold, synthetic, cfg, run_seed, synthetic_fraction)
@@ -185,7 +183,7 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
     model = build_classifier(cfg.model, img_size=cfg.img_size, **initial_weights(cfg.init, cfg.weights, teacher),
                              model_kwargs=cfg.model_kwargs).to(device)
     model_ddp = run.wrap(model)  # training forward only; validation and saving use `model`
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model, cfg)
     weight = torch.tensor(counts.sum() / (2.0 * counts), dtype=torch.float32) if cfg.balance == "loss" else None
     loss_fn = nn.CrossEntropyLoss(weight=weight.to(device) if weight is not None else None,
                                   label_smoothing=cfg.label_smoothing)
@@ -218,11 +216,26 @@ def train_classifier(*, tables: Sequence[str], stores: Sequence[str], statuses: 
                    model_output=model_output, meta_output=meta_output, metrics_output=metrics_output)
 
 
+def build_optimizer(model, cfg: ClassifierConfig) -> torch.optim.Optimizer:
+    """AdamW over the classifier's timm backbone (the wrapper holds only buffers), so timm's rules
+    apply: no weight decay on biases, norms and embeddings (its ``no_weight_decay``), and with
+    ``layer_decay`` one parameter group per layer whose ``lr_scale`` decays from the head down."""
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(model.backbone, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
+                               layer_decay=cfg.layer_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the step's learning rate: ``lr`` times each group's layer-wise ``lr_scale`` (1 without)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
 def _train_step(model, model_ddp, optimizer, loss_fn, x, y, lr: float, cfg: ClassifierConfig,
                 run: TrainingRun) -> torch.Tensor:
     """One optimisation step at learning rate ``lr``; returns the detached loss."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    set_lr(optimizer, lr)
     x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
     with run.autocast():
         logits = model_ddp(x)
