@@ -67,6 +67,8 @@ def overlay(args) -> dict:
                      "synthetic_fraction": args.synthetic_fraction},
         # every training patch of the fold as the real set; the guidance-0 sets beside the guided ones
         "fidelity": {"unconditional": True, "max_real": 100000, "kid_subset_size": args.kid_subset_size},
+        # the VAE trains alone (the critical path), the two LDMs side by side
+        "resources": {"train_vae": {"threads": args.cores}},
     }
 
 
@@ -138,7 +140,8 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--patch-size", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=64, help="vae.image_size: the LDM's resolution")
-    parser.add_argument("--folds", type=int, default=2, help="splits.n_folds (>= 2); only fold 0 is run")
+    parser.add_argument("--folds", type=int, default=4,
+                        help="splits.n_folds (>= 2; 4 leaves fold 0 ~60%% of the slides for training); only fold 0 runs")
     # an f=4 VAE (16 x 16 x 4 latents at 64 px): demo.yaml's f=8 one reconstructs no nuclei
     parser.add_argument("--vae-channels", type=int, nargs="+", default=[32, 64, 64])
     parser.add_argument("--vae-steps", type=int, default=1500)
