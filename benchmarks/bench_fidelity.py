@@ -95,7 +95,8 @@ def side_by_side(df: pd.DataFrame) -> pd.DataFrame:
     """Metrics as rows, sets as columns (ssl, class, then the guidance-0 sets)."""
     rows = {"FID": "fid", "KID": "kid", "FD-DINO (ssl's space)": "fd_dino", "KID-DINO": "kid_dino",
             "n_real": "n_real", "n_synthetic": "n_synthetic"}
-    table = df.set_index("arm")[list(rows.values())].T
+    order = sorted(df["arm"], key=lambda arm: ("@" in arm, arm != "ssl" and not arm.startswith("ssl ")))
+    table = df.set_index("arm").loc[order, list(rows.values())].T
     table.index = list(rows)
     table.loc["rFID (VAE floor)"] = df["rfid"].iloc[0]
     return table
