@@ -67,8 +67,6 @@ def overlay(args) -> dict:
                      "synthetic_fraction": args.synthetic_fraction},
         # every training patch of the fold as the real set; the guidance-0 sets beside the guided ones
         "fidelity": {"unconditional": True, "max_real": 100000, "kid_subset_size": args.kid_subset_size},
-        # the VAE trains alone (the critical path), the two LDMs side by side
-        "resources": {"train_vae": {"threads": args.cores}},
     }
 
 
@@ -145,12 +143,12 @@ def main() -> None:
                         help="splits.n_folds (>= 2; 4 leaves fold 0 ~60%% of the slides for training); only fold 0 runs")
     # an f=4 VAE (16 x 16 x 4 latents at 64 px): demo.yaml's f=8 one reconstructs no nuclei
     parser.add_argument("--vae-channels", type=int, nargs="+", default=[32, 64, 64])
-    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--vae-steps", type=int, default=1000)
     parser.add_argument("--vae-batch-size", type=int, default=8)
     parser.add_argument("--vae-lr", type=float, default=1e-3)
     parser.add_argument("--ldm-channels", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--ldm-layers", type=int, default=1)
-    parser.add_argument("--ldm-steps", type=int, default=2000)
+    parser.add_argument("--ldm-steps", type=int, default=1500)
     parser.add_argument("--ldm-batch-size", type=int, default=16)
     parser.add_argument("--ldm-lr", type=float, default=1e-3)
     parser.add_argument("--ema-decay", type=float, default=0.995)
