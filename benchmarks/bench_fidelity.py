@@ -21,6 +21,10 @@ workflow's figures. Also prints wall time, CPU minutes (Snakemake and all its jo
 
     python benchmarks/bench_fidelity.py --samples ../shared/data/dev-he/samples.csv --out runs/fidbench
     python benchmarks/bench_fidelity.py --samples ... --out /tmp/smoke --vae-steps 20 --ldm-steps 20   # smoke
+
+Measured (dev-he, 16 TMA images, fold 0 of 4: 300 training patches; defaults; 2 shared cores): 36 CPU
+min in the jobs; rFID 118 (PSNR 28.1 dB, SSIM 0.87); FID ssl 144, class 151, guidance 0 150 (ssl's LDM) /
+155 (class's); KID 0.116 / 0.127 / 0.137 / 0.133; nuclei visible. FID at 300 images is biased and noisy.
 """
 
 from __future__ import annotations
