@@ -148,7 +148,7 @@ def import_cost(rule: str) -> float:
         return float("nan")
     modules = re.findall(r"^(?:from|import) (duvflow[\w.]*)", script.read_text(), re.MULTILINE)
     cmd = [sys.executable, "-c", PREAMBLE + "\n" + IMPORT_PROBE, *modules]
-    path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.getenv("PYTHONPATH")]))
+    path = os.pathsep.join(filter(None, [str(ROOT / "src"), str(ROOT / "workflow" / "scripts"), os.getenv("PYTHONPATH")]))
     proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=path))
     return float(proc.stdout.split()[-1])
 
