@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -48,6 +49,31 @@ def _ssl_model(stage):
     return stage["runs"]["ssl"]
 
 
+
+@contextlib.contextmanager
+def _time_out_at_first_checkpoint(monkeypatch):
+    """Inside: the first checkpoint is saved, then the run stops as a time-out would (KeyboardInterrupt)."""
+    original = CheckpointManager.save
+
+    def save_then_die(self, step, state):
+        original(self, step, state)
+        raise KeyboardInterrupt("simulated time-out")
+
+    monkeypatch.setattr(CheckpointManager, "save", save_then_die)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(CheckpointManager, "save", original)
+
+
+def _assert_same_vae(path, reference_path):
+    """The VAE at ``path`` has the reference's weights (to float rounding); returns both models."""
+    resumed, reference = load_vae(path), load_vae(reference_path)
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    return resumed, reference
+
+
 def test_vae_training_output(stage):
     vae = load_vae(stage["vae"])
     metrics = pd.read_csv(f"{stage['vae']}/metrics.csv")
@@ -58,23 +84,14 @@ def test_vae_training_output(stage):
 
 
 def test_vae_resumes_after_interruption(stage, monkeypatch):
-    root, original = stage["root"], CheckpointManager.save
-
-    def save_then_die(self, step, state):
-        original(self, step, state)
-        raise KeyboardInterrupt("simulated time-out")
-
+    root = stage["root"]
     kw = {**stage["cohort"], "fold": "0", "output": str(root / "vae2"), "checkpoint_dir": str(root / "vae2.ckpt"),
           "vae": VAE_CFG, "seed": SEED}
-    monkeypatch.setattr(CheckpointManager, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with _time_out_at_first_checkpoint(monkeypatch), pytest.raises(KeyboardInterrupt):
         train_vae(**kw)
     assert not (root / "vae2").exists() and (root / "vae2.ckpt" / "checkpoint-00000003.pt").is_file()
-    monkeypatch.setattr(CheckpointManager, "save", original)
     train_vae(**kw)
-    resumed, reference = load_vae(root / "vae2"), load_vae(stage["vae"])
-    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    resumed, reference = _assert_same_vae(root / "vae2", stage["vae"])
     assert resumed.config.scaling_factor == pytest.approx(reference.config.scaling_factor)
 
 
@@ -91,18 +108,10 @@ def test_ldm_training_loss_decreases(stage):
 
 def test_resume_after_interruption_continues_to_the_same_model(stage, monkeypatch, caplog):
     reference = _ssl_model(stage)
-    original = CheckpointManager.save
-
-    def save_then_die(self, step, state):
-        original(self, step, state)
-        raise KeyboardInterrupt("simulated time-out")
-
-    monkeypatch.setattr(CheckpointManager, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with _time_out_at_first_checkpoint(monkeypatch), pytest.raises(KeyboardInterrupt):
         _train(stage, "resumed")
     assert not (stage["root"] / "ldm" / "resumed").exists()  # nothing half-written looks finished
     assert (stage["root"] / "ldm" / "resumed.ckpt" / "checkpoint-00000020.pt").is_file()
-    monkeypatch.setattr(CheckpointManager, "save", original)
     with caplog.at_level(logging.INFO, logger="duvflow.train.checkpoint"):
         out = _train(stage, "resumed")
     assert "resuming from" in caplog.text and "step 20" in caplog.text
@@ -165,27 +174,18 @@ def test_synthetic_folder_and_provenance(stage, condition):
 def test_vae_resume_ignores_changed_run_time_settings(stage, monkeypatch, caplog):
     """A time-out after the first checkpoint, then a rerun with other workers, logging cadence and
     device: the run continues from its checkpoint to the uninterrupted run's weights."""
-    root, original = stage["root"], CheckpointManager.save
-
-    def save_then_die(self, step, state):
-        original(self, step, state)
-        raise KeyboardInterrupt("simulated time-out")
-
+    root = stage["root"]
     kw = {**stage["cohort"], "fold": "0", "output": str(root / "vae3"), "checkpoint_dir": str(root / "vae3.ckpt"),
           "vae": VAE_CFG, "seed": SEED}
-    monkeypatch.setattr(CheckpointManager, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with _time_out_at_first_checkpoint(monkeypatch), pytest.raises(KeyboardInterrupt):
         train_vae(**kw)
-    monkeypatch.setattr(CheckpointManager, "save", original)
     changed = {**VAE_CFG, "num_workers": 1, "log_every": 2, "device": "cpu", "encode_batch_size": 4}
     with caplog.at_level(logging.INFO, logger="duvflow.train.checkpoint"):
         train_vae(**{**kw, "vae": changed})
     assert "resuming from" in caplog.text and "step 3" in caplog.text
     metrics = pd.read_csv(root / "vae3" / "metrics.csv")
     assert metrics["step"].tolist() == [1, 2, 3, 4, 6]  # logged every step before, every 2nd after
-    resumed, reference = load_vae(root / "vae3"), load_vae(stage["vae"])
-    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    _assert_same_vae(root / "vae3", stage["vae"])
 
 
 def test_vae_sigterm_writes_a_checkpoint_and_exits_non_zero(stage, monkeypatch):
